@@ -11,9 +11,17 @@ import re
 
 
 class DesimirrorError(Exception):
-    """A failure the user can understand and act on: printed as one line."""
+    """A failure the user can understand and act on: printed as one line.
+
+    ``report`` carries the machine-readable outcome of work that ran before the failure,
+    so ``--json`` callers still get the counts of an incomplete upload or verify.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class UsageError(DesimirrorError):

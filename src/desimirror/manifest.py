@@ -64,7 +64,8 @@ CREATE TABLE crawl_errors (
 CREATE TABLE batches (
     id INTEGER PRIMARY KEY,               -- 1-based, in plan order
     bytes INTEGER NOT NULL,
-    files INTEGER NOT NULL
+    files INTEGER NOT NULL,
+    completed REAL                        -- when an upload last found it fully mirrored
 );
 CREATE TABLE batch_paths (
     batch_id INTEGER NOT NULL REFERENCES batches (id),
@@ -384,24 +385,32 @@ class Manifest:
 
     # -- plan ------------------------------------------------------------------------------
 
-    def replace_plan(self, batches: Iterable[tuple[int, int, list[tuple[str, bool]]]]) -> int:
-        """Store a new plan: (bytes, files, [(path, is_dir), ...]) per batch, in order.
+    def replace_plan(
+        self,
+        batches: Iterable[tuple[int, int, list[tuple[str, bool]]]],
+        *,
+        meta: dict[str, str] | None = None,
+    ) -> int:
+        """Store a new plan: (bytes, files, [(path, is_dir), ...]) per batch, in order, and
+        the plan's options in ``meta``, in one transaction so they never disagree.
 
         Upload progress is per file, so a new plan never loses what was already sent.
         """
-        n = 0
+        batch_rows: list[tuple[int, int, int]] = []
+        path_rows: list[tuple[int, str, int]] = []
+        for n, (nbytes, nfiles, paths) in enumerate(batches, start=1):
+            batch_rows.append((n, nbytes, nfiles))
+            path_rows.extend((n, p, int(d)) for p, d in paths)
         with self.atomic() as conn:
             conn.execute("DELETE FROM batch_paths")
             conn.execute("DELETE FROM batches")
-            for n, (nbytes, nfiles, paths) in enumerate(batches, start=1):
-                conn.execute(
-                    "INSERT INTO batches (id, bytes, files) VALUES (?, ?, ?)", (n, nbytes, nfiles)
-                )
-                conn.executemany(
-                    "INSERT INTO batch_paths (batch_id, path, is_dir) VALUES (?, ?, ?)",
-                    [(n, p, int(d)) for p, d in paths],
-                )
-        return n
+            conn.executemany("INSERT INTO batches (id, bytes, files) VALUES (?, ?, ?)", batch_rows)
+            conn.executemany(
+                "INSERT INTO batch_paths (batch_id, path, is_dir) VALUES (?, ?, ?)", path_rows
+            )
+            for key, value in (meta or {}).items():
+                self._set_meta_raw(key, value)
+        return len(batch_rows)
 
     def iter_batches(self) -> Iterator[tuple[int, int, int, list[tuple[str, bool]]]]:
         """(id, bytes, files, [(path, is_dir)]) for every batch, in plan order."""
@@ -415,6 +424,10 @@ class Manifest:
                 )
             ]
             yield batch_id, nbytes, nfiles, paths
+
+    def mark_batch_complete(self, batch_id: int) -> None:
+        with self.atomic() as conn:
+            conn.execute("UPDATE batches SET completed = ? WHERE id = ?", (time.time(), batch_id))
 
     def batch_entries(self, paths: list[tuple[str, bool]]) -> Iterator[Entry]:
         """The uploadable entries a batch covers, streamed in path order."""
@@ -434,6 +447,45 @@ class Manifest:
             "SELECT size, mtime_ns FROM uploads WHERE path = ?", (entry.path,)
         ).fetchone()
         return row is not None and row == (entry.size, entry.mtime_ns)
+
+    _PENDING = (
+        " FROM entries e LEFT JOIN uploads u ON u.path = e.path"
+        " WHERE (e.kind = 'file' OR (e.kind = 'link' AND e.link_kind = 'file'))"
+        " AND (u.path IS NULL OR u.size != e.size OR u.mtime_ns IS NOT e.mtime_ns)"
+    )
+
+    def pending_in(self, paths: list[tuple[str, bool]]) -> list[Entry]:
+        """The entries of a batch not yet confirmed in the bucket with their current state."""
+        cols = ", ".join("e." + c for c in self._COLS.split(", "))
+        found: list[Entry] = []
+        for path, is_dir in paths:
+            if is_dir:
+                lo, hi = subtree_range(path)
+                where, args = " AND e.path >= ? AND e.path < ?", (lo, hi)
+            else:
+                where, args = " AND e.path = ?", (path,)
+            rows = self.conn.execute(f"SELECT {cols}{self._PENDING}{where} ORDER BY e.path", args)
+            found.extend(self._entry(r) for r in rows)
+        return found
+
+    def totals(self, under: str = "") -> dict[str, int]:
+        """Files and bytes of the uploadables at or below ``under``: all, and still pending."""
+        lo, hi = subtree_range(under)
+        in_range = " AND ((e.path >= ? AND e.path < ?) OR e.path = ?)"
+        args = (lo, hi, under)
+        all_files, all_bytes = self.conn.execute(
+            f"SELECT count(*), coalesce(sum(size), 0) FROM entries e WHERE {UPLOADABLE}" + in_range,
+            args,
+        ).fetchone()
+        pending_files, pending_bytes = self.conn.execute(
+            f"SELECT count(*), coalesce(sum(e.size), 0){self._PENDING}{in_range}", args
+        ).fetchone()
+        return {
+            "files": all_files,
+            "bytes": all_bytes,
+            "pending_files": pending_files,
+            "pending_bytes": pending_bytes,
+        }
 
     def record_uploads(self, rows: Iterable[tuple[str, str, int, int, str | None]]) -> int:
         """Mark (path, key, size, mtime_ns, etag) as confirmed in the bucket; inside atomic."""
@@ -470,3 +522,30 @@ class Manifest:
             " WHERE id = ?",
             (files, nbytes, time.time(), run_id),
         )
+
+    # -- crawl: forgetting what vanished (added for crawl.py) ----------------------------
+
+    def drop_unseen(self, crawl_id: int, keep: Iterable[str] = ()) -> int:
+        """Delete the entries crawl ``crawl_id`` did not see, except at or below ``keep``.
+
+        A crawl that could not read some directories must not forget what is below them,
+        yet what it did see is authoritative: files gone elsewhere are dropped. Returns the
+        number of entries deleted. Call before :meth:`finish_crawl` (``complete=False``).
+        """
+        kept = set(keep)
+
+        def is_kept(path: str) -> bool:
+            while True:
+                if path in kept:
+                    return True
+                if not path:
+                    return False
+                path = path.rsplit("/", 1)[0] if "/" in path else ""
+
+        with self.atomic() as conn:
+            stale = conn.execute("SELECT path FROM entries WHERE crawl_id != ?", (crawl_id,))
+            gone = [(p,) for (p,) in stale.fetchall() if not is_kept(p)]
+            conn.executemany("DELETE FROM entries WHERE path = ?", gone)
+            if gone:
+                conn.execute("DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)")
+        return len(gone)

@@ -64,12 +64,13 @@ class LineProgress:
     def _emit(self, now: float) -> None:
         elapsed = max(now - self.t0, 1e-9)
         rate = self.nbytes / elapsed
-        parts = [f"{self.label}: {self.files:,}"]
+        files = f"{self.files:,}"
         if self.total_files is not None:
-            parts[0] += f"/{self.total_files:,}"
-        parts.append(f"files, {format_size(self.nbytes)}")
+            files += f"/{self.total_files:,}"
+        nbytes = format_size(self.nbytes)
         if self.total_bytes:
-            parts[-1] += f"/{format_size(self.total_bytes)}"
+            nbytes += f"/{format_size(self.total_bytes)}"
+        parts = [f"{self.label}: {files} files", nbytes]
         parts.append(f"{format_size(rate)}/s")
         if self.total_bytes and rate > 0:
             eta = (self.total_bytes - self.nbytes) / rate

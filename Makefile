@@ -1,0 +1,77 @@
+# desimirror: the seed's interface (find.json, batch.json, upload) plus demo, test, bench.
+#
+#   make demo                      # synthetic release -> embedded S3 -> crawl/plan/upload/verify
+#   make test                      # lint + the test suite (what CI runs)
+#   make upload DESI_RELEASE=dr1   # the real thing, at NERSC; run again until done
+#
+# The variables keep the original makefile's names: root, release, subdir, and the
+# environment variables DESI_ROOT, DESI_RELEASE, DESI_RELEASE_SUBDIR it reads.
+
+DESI_ROOT ?= /dvs_ro/cfs/cdirs/desi/public
+DESI_RELEASE ?= dr1
+release_name := $(shell echo '$(DESI_RELEASE)' | tr '[:upper:]' '[:lower:]')
+root ?= $(DESI_ROOT)
+release ?= $(root)/$(release_name)
+DESI_RELEASE_SUBDIR ?= $(release)
+subdir ?= $(DESI_RELEASE_SUBDIR)
+
+bucket ?= s3://desidata
+db ?= $(release_name).db
+crawl_workers ?= 128
+workers ?= 64
+max_batches ?= 1000
+max_batch_size ?= 1TB
+min_batch_size ?= 10GB
+backend ?= s5cmd
+
+VENV ?= .venv
+PYTHON ?= python3
+DM := $(VENV)/bin/desimirror
+
+.PHONY: all demo test lint bench upload status verify clean-demo
+
+all: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+# Crawl the release into the state db and write the seed's tree format.
+find.json: $(VENV)/.installed
+	$(DM) crawl $(release) --db $(db) --workers $(crawl_workers) --json $@
+
+# Plan batches for the selected subdirectory.
+batch.json: find.json
+	$(DM) plan --db $(db) --subdir $(subdir) --max-batch-size $(max_batch_size) \
+		--min-batch-size $(min_batch_size) --json $@
+
+# Upload up to max_batches batches; run again until nothing is pending.
+upload: batch.json
+	$(DM) upload --db $(db) --bucket $(bucket) --backend $(backend) \
+		--remap $(release_name)/spectro/data=raw_spectro_data \
+		--remap $(release_name)/target=target \
+		--max-batches $(max_batches) --workers $(workers)
+
+verify: $(VENV)/.installed
+	$(DM) verify --db $(db) --bucket $(bucket)
+
+status: $(VENV)/.installed
+	$(DM) status --db $(db)
+
+demo: $(VENV)/.installed
+	$(DM) demo --dir demo
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+test: lint
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/run.py
+
+clean-demo:
+	rm -rf demo

@@ -1,0 +1,283 @@
+"""boto3 S3 clients for an :class:`S3Target`, and S3 failures turned into one-line errors.
+
+Every part of desimirror that talks to S3 through Python (the native backend, the bucket
+check before an upload, the listing behind ``verify``) builds its client here, so the
+timeouts, retry policy, addressing style and endpoint resolution are the same everywhere
+and agree with what the s5cmd backend is told.
+
+Retries: botocore's ``standard`` mode keeps a per-client retry quota that sustained faults
+drain, and it does not retry errors raised while a response body is read. So clients here
+make only a few attempts per request; the uploader owns retries per file, and
+:func:`list_objects` resumes a listing from its last page on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from desimirror.errors import RemoteError, redact
+from desimirror.transfer.base import S3Target
+
+DEFAULT_REGION = "us-east-1"
+CREDENTIALS_HINT = "check credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID)"
+
+# S3 error codes that a later attempt cannot fix: the request itself or its credentials are
+# wrong. Anything not listed with a 4xx status is treated the same way (see retryable_error).
+_FATAL_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccountProblem",
+        "AllAccessDisabled",
+        "EntityTooLarge",
+        "InvalidAccessKeyId",
+        "InvalidArgument",
+        "InvalidBucketName",
+        "InvalidObjectState",
+        "InvalidRequest",
+        "KeyTooLongError",
+        "MethodNotAllowed",
+        "NoSuchBucket",
+        "NotImplemented",
+        "SignatureDoesNotMatch",
+        "UnauthorizedAccess",
+    }
+)
+# Codes that come with a 4xx status but are transient: throttling, a slow client, a body
+# that arrived damaged (the next attempt re-reads the file), credentials being refreshed.
+_TRANSIENT_CODES = frozenset(
+    {
+        "BadDigest",
+        "ExpiredToken",
+        "IncompleteBody",
+        "InvalidDigest",
+        "OperationAborted",
+        "RequestLimitExceeded",
+        "RequestTimeout",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+        "XAmzContentSHA256Mismatch",
+    }
+)
+_DENIED_CODES = frozenset(
+    {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
+)
+_MISSING_BUCKET_CODES = frozenset({"404", "NoSuchBucket", "NotFound"})
+_MAX_MESSAGE = 300
+
+
+def endpoint_url(target: S3Target) -> str | None:
+    """The endpoint every client of ``target`` must use, or None for AWS itself.
+
+    boto3 reads ``AWS_ENDPOINT_URL`` on its own but s5cmd does not, so both backends are
+    given the resolved URL explicitly: they must never write to two different stores.
+    """
+    if target.endpoint_url:
+        return target.endpoint_url
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def make_client(
+    target: S3Target,
+    *,
+    max_pool_connections: int = 10,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 60.0,
+    max_attempts: int = 3,
+    retry_mode: str = "standard",
+) -> Any:
+    """A boto3 S3 client for ``target``; credentials come from the standard AWS chain.
+
+    Custom endpoints get path-style addressing (what s5cmd and most S3-compatible stores
+    expect; virtual-host names need wildcard DNS). Public targets are read unsigned, so no
+    credential lookup happens at all.
+    """
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    session = boto3.session.Session()
+    region = target.region or session.region_name or DEFAULT_REGION
+    url = endpoint_url(target)
+    options: dict[str, Any] = {
+        "region_name": region,
+        "connect_timeout": connect_timeout,
+        "read_timeout": read_timeout,
+        "max_pool_connections": max(1, max_pool_connections),
+        "retries": {"mode": retry_mode, "max_attempts": max(1, max_attempts)},
+        "s3": {"addressing_style": "path" if url else "auto"},
+    }
+    if target.no_sign_request:
+        options["signature_version"] = UNSIGNED
+    return session.client("s3", endpoint_url=url, config=Config(**options))
+
+
+def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
+    """``text`` squeezed onto one short line with credentials removed, fit for the state db."""
+    text = re.sub(r"\s+", " ", str(text)).strip()
+    text = redact(text.encode("utf-8", "backslashreplace").decode("utf-8"))  # lone surrogates
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def retryable_error(code: str | None, status: int | None) -> bool:
+    """Whether another attempt of a request that failed with this S3 code/status can succeed."""
+    if code in _TRANSIENT_CODES:
+        return True
+    if code in _FATAL_CODES:
+        return False
+    if status is None:
+        return True
+    return not (400 <= status < 500) or status in (408, 429)
+
+
+def _client_error_parts(exc: Any) -> tuple[str, int | None, str]:
+    response = getattr(exc, "response", None) or {}
+    error = response.get("Error", {})
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = str(error.get("Code") or status or "Unknown")
+    message = str(error.get("Message") or "")
+    return code, status, message
+
+
+def describe_error(exc: BaseException) -> tuple[str, bool]:
+    """A short one-line description of ``exc`` and whether retrying the file may help.
+
+    Local problems (the file vanished, cannot be read) and refusals (credentials, a missing
+    bucket) are final; network trouble, throttling and 5xx replies are worth another try.
+    """
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        code, status, message = _client_error_parts(exc)
+        text = f"{code} ({status})" if status else code
+        if message and message not in (code, str(status)):
+            text += f": {message}"
+        return one_line(text), retryable_error(code, status)
+    if isinstance(exc, bx.NoCredentialsError):
+        return "no AWS credentials found: " + CREDENTIALS_HINT, False
+    if isinstance(exc, bx.PartialCredentialsError | bx.ParamValidationError):
+        return one_line(str(exc)), False
+    if isinstance(exc, bx.EndpointConnectionError):
+        return one_line(f"cannot reach S3 endpoint {exc.kwargs.get('endpoint_url', '')}"), True
+    if isinstance(exc, bx.BotoCoreError):
+        return one_line(f"{type(exc).__name__}: {exc}"), True
+    if isinstance(exc, FileNotFoundError):
+        return "local file not found", False
+    if isinstance(exc, IsADirectoryError):
+        return "local path is a directory", False
+    if isinstance(exc, PermissionError):
+        return "local file not readable (permission denied)", False
+    if isinstance(exc, OSError):
+        return one_line(f"local read error: {exc.strerror or exc}"), True
+    return one_line(f"{type(exc).__name__}: {exc}"), True
+
+
+def _endpoint_of(client: Any) -> str:
+    return str(getattr(client.meta, "endpoint_url", "") or "the default AWS endpoint")
+
+
+def bucket_error(client: Any, bucket: str, exc: BaseException) -> RemoteError:
+    """The one-line :class:`RemoteError` for a failure to use ``bucket`` at all."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError):
+        return RemoteError(f"cannot reach S3 endpoint {_endpoint_of(client)}")
+    if isinstance(exc, bx.ReadTimeoutError):
+        return RemoteError(f"S3 endpoint {_endpoint_of(client)} does not answer (read timeout)")
+    if isinstance(exc, bx.NoCredentialsError):
+        return RemoteError(f"no AWS credentials found for bucket {bucket}: {CREDENTIALS_HINT}")
+    if isinstance(exc, bx.ClientError):
+        code, status, message = _client_error_parts(exc)
+        if code in _MISSING_BUCKET_CODES or (status == 404 and code != "NoSuchKey"):
+            return RemoteError(f"bucket {bucket} does not exist")
+        if code == "RequestTimeTooSkewed":
+            return RemoteError("this machine's clock differs too much from the S3 server's")
+        if code in _DENIED_CODES or status == 403:
+            return RemoteError(f"access to bucket {bucket} denied: {CREDENTIALS_HINT}")
+        if code in ("301", "PermanentRedirect"):
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            where = headers.get("x-amz-bucket-region", "another region")
+            return RemoteError(f"bucket {bucket} is in {where}: set AWS_REGION to match")
+        if code in ("400", "InvalidBucketName"):
+            return RemoteError(one_line(f"bucket {bucket} cannot be used: {code} {message}"))
+    text, _ = describe_error(exc)
+    return RemoteError(one_line(f"bucket {bucket} at {_endpoint_of(client)}: {text}"))
+
+
+def check_bucket(client: Any, bucket: str) -> None:
+    """Fail early, with one actionable line, if ``bucket`` cannot be used with ``client``.
+
+    Run before any work so that a typo or an expired key is one clear error instead of a
+    million identical per-file failures.
+    """
+    from botocore import exceptions as bx
+
+    try:
+        client.head_bucket(Bucket=bucket)
+    except (bx.BotoCoreError, bx.ClientError) as exc:
+        raise bucket_error(client, bucket, exc) from None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        code, status, _ = _client_error_parts(exc)
+        return retryable_error(code, status)
+    return isinstance(exc, bx.BotoCoreError) and not isinstance(
+        exc, bx.NoCredentialsError | bx.ParamValidationError
+    )
+
+
+def list_objects(
+    client: Any,
+    bucket: str,
+    prefix: str = "",
+    *,
+    page_size: int | None = None,
+    attempts: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[tuple[str, int, str]]:
+    """Stream ``(key, size, etag)`` for every object under ``prefix``, page by page.
+
+    A listing of millions of keys must survive a transient error on one page: the listing
+    resumes from the last continuation token (with backoff) instead of starting over. ETags
+    are returned without their surrounding quotes.
+    """
+    from botocore import exceptions as bx
+
+    paginator = client.get_paginator("list_objects_v2")
+    token: str | None = None
+    failures = 0
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if page_size:
+            kwargs["PaginationConfig"] = {"PageSize": page_size}
+        if token:  # the plain API parameter: the paginator passes it to the first request
+            kwargs["ContinuationToken"] = token
+        try:
+            for page in paginator.paginate(**kwargs):
+                for obj in page.get("Contents", ()):
+                    yield obj["Key"], int(obj["Size"]), strip_etag(obj.get("ETag"))
+                token = page.get("NextContinuationToken") or token
+                failures = 0
+            return
+        except (bx.BotoCoreError, bx.ClientError) as exc:
+            failures += 1
+            if failures >= attempts or not _is_transient(exc):
+                raise bucket_error(client, bucket, exc) from None
+            sleep(min(30.0, 2.0 ** (failures - 1)))
+
+
+def strip_etag(etag: str | None) -> str:
+    """An ETag as a bare string: S3 sends it wrapped in double quotes."""
+    return (etag or "").strip('"')

@@ -1,0 +1,69 @@
+"""Where a mirror stands, read from the state db alone (safe while an upload runs)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from desimirror.manifest import Manifest
+
+FAILURE_EXAMPLES = 10
+
+
+def mirror_status(manifest: Manifest) -> dict[str, object]:
+    """Files and bytes done and pending, failures with their last error, batches,
+    throughput over all upload runs, and an ETA for what is left at that rate."""
+    conn = manifest.conn
+    subdir = manifest.get_meta("plan_subdir") or ""
+    totals = manifest.totals(subdir)
+    failures = dict(conn.execute("SELECT reason, count(*) FROM failures GROUP BY reason"))
+    examples = [
+        {"path": p, "reason": r, "error": e, "attempts": a}
+        for p, r, e, a in conn.execute(
+            "SELECT path, reason, error, attempts FROM failures ORDER BY at DESC LIMIT ?",
+            (FAILURE_EXAMPLES,),
+        )
+    ]
+    sent_bytes, busy_seconds, runs = conn.execute(
+        "SELECT coalesce(sum(bytes), 0), coalesce(sum(finished - started), 0), count(*)"
+        " FROM upload_runs WHERE finished IS NOT NULL"
+    ).fetchone()
+    rate = sent_bytes / busy_seconds if busy_seconds > 0 else 0.0
+    # as of the last upload run: recomputing it here would cost a query per batch
+    batches_total, batches_done = conn.execute(
+        "SELECT count(*), count(completed) FROM batches"
+    ).fetchone()
+    crawl = conn.execute(
+        "SELECT id, root, started, finished, entries, errors FROM crawls ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    pinned = manifest.get_meta("target")
+    return {
+        "db": str(manifest.path),
+        "root": manifest.root or manifest.root_name,
+        "target": json.loads(pinned) if pinned else None,
+        "selection": subdir or ".",
+        "files": totals["files"],
+        "bytes": totals["bytes"],
+        "done_files": totals["files"] - totals["pending_files"],
+        "done_bytes": totals["bytes"] - totals["pending_bytes"],
+        "pending_files": totals["pending_files"],
+        "pending_bytes": totals["pending_bytes"],
+        "failed": failures,
+        "failures": examples,
+        "batches": batches_total,
+        "batches_done": batches_done,
+        "upload_runs": runs,
+        "bytes_per_second": round(rate, 1),
+        "eta_seconds": round(totals["pending_bytes"] / rate) if rate > 0 else None,
+        "last_crawl": None
+        if crawl is None
+        else {
+            "id": crawl[0],
+            "root": crawl[1],
+            "started": crawl[2],
+            "finished": crawl[3],
+            "entries": crawl[4],
+            "errors": crawl[5],
+            "age_seconds": round(time.time() - crawl[2]),
+        },
+    }

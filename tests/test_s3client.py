@@ -1,0 +1,214 @@
+"""s3client: one-line errors a user can act on, listings that page and resume, sane clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore import UNSIGNED
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+from desimirror.errors import RemoteError
+from desimirror.s3client import (
+    check_bucket,
+    describe_error,
+    endpoint_url,
+    list_objects,
+    make_client,
+)
+from desimirror.transfer import S3Target
+
+
+@pytest.fixture
+def aws_env(s3, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    return s3.env
+
+
+def client_error(code: str, status: int, message: str = "") -> ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "PutObject")
+
+
+# --- against the real server -----------------------------------------------------------------
+
+
+@pytest.mark.s3
+@pytest.mark.usefixtures("aws_env")
+def test_check_bucket_accepts_an_existing_bucket(s3, bucket):
+    check_bucket(make_client(S3Target(bucket, endpoint_url=s3.endpoint_url)), bucket)
+
+
+@pytest.mark.s3
+@pytest.mark.usefixtures("aws_env")
+def test_check_bucket_missing_bucket(s3):
+    client = make_client(S3Target("desimirror-absent", endpoint_url=s3.endpoint_url))
+    with pytest.raises(RemoteError, match=r"^bucket desimirror-absent does not exist$"):
+        check_bucket(client, "desimirror-absent")
+
+
+def test_check_bucket_unreachable_endpoint(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    target = S3Target("b", endpoint_url="http://127.0.0.1:1")
+    client = make_client(target, max_attempts=1, connect_timeout=2)
+    with pytest.raises(RemoteError) as info:
+        check_bucket(client, "b")
+    assert str(info.value) == "cannot reach S3 endpoint http://127.0.0.1:1"
+
+
+@pytest.mark.s3
+def test_check_bucket_wrong_secret_is_denied_without_echoing_it(aws_env, s3, bucket, monkeypatch):
+    wrong = "Wr0ngSecretValue+" + "x" * 23
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    client = make_client(S3Target(bucket, endpoint_url=s3.endpoint_url), max_attempts=1)
+    with pytest.raises(RemoteError) as info:
+        check_bucket(client, bucket)
+    message = str(info.value)
+    assert "denied" in message
+    assert "credentials" in message
+    assert wrong not in message
+    assert aws_env["AWS_SECRET_ACCESS_KEY"] not in message
+    assert "\n" not in message
+
+
+@pytest.mark.s3
+@pytest.mark.usefixtures("aws_env")
+def test_list_objects_pages_through_everything(s3, bucket):
+    client = make_client(S3Target(bucket, endpoint_url=s3.endpoint_url))
+    expected = {}
+    for i in range(30):
+        key = f"pre/{i:03d}.fits"
+        body = b"z" * i
+        etag = client.put_object(Bucket=bucket, Key=key, Body=body)["ETag"].strip('"')
+        expected[key] = (i, etag)
+    client.put_object(Bucket=bucket, Key="other/outside.fits", Body=b"no")
+    requests = []
+    client.meta.events.register(
+        "before-call.s3.ListObjectsV2", lambda **kw: requests.append(kw["params"])
+    )
+
+    listed = list(list_objects(client, bucket, "pre/", page_size=7))
+
+    assert {key: (size, etag) for key, size, etag in listed} == expected
+    assert len(listed) == 30
+    assert len(requests) == 5  # 7 + 7 + 7 + 7 + 2
+
+
+@pytest.mark.s3
+@pytest.mark.usefixtures("aws_env")
+def test_list_objects_of_a_missing_bucket_is_a_remote_error(s3):
+    client = make_client(S3Target("desimirror-absent", endpoint_url=s3.endpoint_url))
+    with pytest.raises(RemoteError, match="desimirror-absent"):
+        list(list_objects(client, "desimirror-absent", ""))
+
+
+# --- without a server ------------------------------------------------------------------------
+
+
+class FlakyPaginator:
+    """Serves pages of a fake listing, failing once before the second page."""
+
+    def __init__(self, pages: list[list[str]], error: Exception) -> None:
+        self.pages = pages
+        self.error: Exception | None = error
+        self.calls: list[dict] = []
+
+    def paginate(self, **kwargs):
+        self.calls.append(kwargs)
+        start = int(kwargs.get("ContinuationToken", "0"))
+        for index in range(start, len(self.pages)):
+            if index == 1 and self.error is not None:
+                error, self.error = self.error, None
+                raise error
+            page: dict[str, Any] = {
+                "Contents": [{"Key": k, "Size": 1, "ETag": '"e"'} for k in self.pages[index]]
+            }
+            if index + 1 < len(self.pages):
+                page["NextContinuationToken"] = str(index + 1)
+            yield page
+
+
+class FakeClient:
+    def __init__(self, paginator: FlakyPaginator) -> None:
+        self.paginator = paginator
+        self.meta = type("Meta", (), {"endpoint_url": "http://fake"})()
+
+    def get_paginator(self, name: str) -> FlakyPaginator:
+        assert name == "list_objects_v2"
+        return self.paginator
+
+
+def test_list_objects_resumes_after_a_transient_error():
+    paginator = FlakyPaginator([["a", "b"], ["c"], ["d"]], client_error("SlowDown", 503))
+    sleeps: list[float] = []
+    listed = list(list_objects(FakeClient(paginator), "bkt", "", sleep=sleeps.append))
+    assert [key for key, _, _ in listed] == ["a", "b", "c", "d"]
+    assert [etag for _, _, etag in listed] == ["e"] * 4
+    assert paginator.calls[1]["ContinuationToken"] == "1"  # resumed, not restarted
+    assert sleeps == [1.0]
+
+
+def test_list_objects_does_not_retry_a_refusal():
+    paginator = FlakyPaginator([["a"], ["b"]], client_error("AccessDenied", 403))
+    with pytest.raises(RemoteError, match="access to bucket bkt denied"):
+        list(list_objects(FakeClient(paginator), "bkt", "", sleep=[].append))
+
+
+@pytest.mark.parametrize(
+    ("exc", "fragment", "retryable"),
+    [
+        (client_error("SlowDown", 503, "Please reduce your request rate."), "SlowDown (503)", True),
+        (client_error("InternalError", 500), "InternalError (500)", True),
+        (client_error("RequestTimeout", 400), "RequestTimeout (400)", True),
+        (client_error("AccessDenied", 403, "Access Denied"), "AccessDenied (403)", False),
+        (client_error("NoSuchBucket", 404), "NoSuchBucket (404)", False),
+        (client_error("InvalidAccessKeyId", 403), "InvalidAccessKeyId", False),
+        (EndpointConnectionError(endpoint_url="http://h:1/b/k"), "cannot reach", True),
+        (ReadTimeoutError(endpoint_url="http://h:1/b/k"), "ReadTimeoutError", True),
+        (FileNotFoundError(2, "No such file"), "local file not found", False),
+        (PermissionError(13, "Permission denied"), "permission denied", False),
+        (OSError(5, "Input/output error"), "Input/output error", True),
+    ],
+)
+def test_describe_error(exc, fragment, retryable):
+    text, again = describe_error(exc)
+    assert fragment in text
+    assert "\n" not in text
+    assert again is retryable
+
+
+def test_describe_error_removes_secrets(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-1234")
+    text, _ = describe_error(client_error("Weird", 500, "echo s3cr3t-value-1234\nsecond line"))
+    assert "s3cr3t-value-1234" not in text
+    assert "\n" not in text
+
+
+def test_make_client_defaults(monkeypatch, tmp_path):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    client = make_client(S3Target("b"))
+    assert client.meta.region_name == "us-east-1"
+    assert client.meta.config.retries["mode"] == "standard"
+    assert client.meta.config.signature_version is not UNSIGNED
+    public = make_client(S3Target("b", region="us-west-2", no_sign_request=True))
+    assert public.meta.region_name == "us-west-2"
+    assert public.meta.config.signature_version is UNSIGNED
+
+
+def test_endpoint_url_prefers_the_target_then_the_environment(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://env:1")
+    assert endpoint_url(S3Target("b", endpoint_url="http://explicit:2")) == "http://explicit:2"
+    assert endpoint_url(S3Target("b")) == "http://env:1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-only:3")
+    assert endpoint_url(S3Target("b")) == "http://s3-only:3"
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    assert endpoint_url(S3Target("b")) is None
