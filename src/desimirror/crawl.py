@@ -311,7 +311,7 @@ class _Writer:
         self.last_flush = time.monotonic()
 
 
-def finish(manifest: Manifest, summary: CrawlSummary, keep: list[str]) -> None:
+def close_crawl(manifest: Manifest, summary: CrawlSummary, keep: list[str]) -> None:
     """Close a crawl: drop what vanished except under ``keep``, total the directories.
 
     A crawl that met unreadable directories (or entries it could not stat) does not know
@@ -369,7 +369,7 @@ def crawl(
             pool.shutdown(wait=ok, cancel_futures=True)
         progress.close()
     writer.flush()
-    finish(manifest, summary, writer.keep)
+    close_crawl(manifest, summary, writer.keep)
     summary.seconds = time.monotonic() - started
     return summary
 

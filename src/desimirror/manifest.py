@@ -172,6 +172,7 @@ class Manifest:
         conn.execute("PRAGMA busy_timeout = 30000")
         if fresh:
             conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
             with self.atomic():
                 for statement in _SCHEMA.split(";\n"):
                     if statement.strip():

@@ -103,8 +103,9 @@ class SeaweedServer:
             f"-s3.config={self.data_dir / 's3.json'}",
             "-iam=false",
             "-metricsPort=0",
+            "-s3.autoCreateBucket=false",  # behave like AWS: a missing bucket is an error
             "-master.volumeSizeLimitMB=256",
-            "-volume.max=0",
+            "-volume.max=1000",  # every bucket takes volumes of its own
             "-master.telemetry=false",
         ]
 

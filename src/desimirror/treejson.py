@@ -24,7 +24,7 @@ from json.encoder import encode_basestring_ascii  # what json.dump uses for ensu
 from pathlib import Path
 from typing import TextIO
 
-from desimirror.crawl import CHUNK_ROWS, ERROR_EXAMPLES, CrawlSummary, finish
+from desimirror.crawl import CHUNK_ROWS, ERROR_EXAMPLES, CrawlSummary, close_crawl
 from desimirror.errors import UsageError
 from desimirror.manifest import Entry, Manifest
 from desimirror.progress import NullProgress, Progress
@@ -258,7 +258,7 @@ def import_tree_json(
     finally:
         stream.close()
         progress.close()
-    finish(manifest, summary, [])
+    close_crawl(manifest, summary, [])
     summary.seconds = time.monotonic() - started
     return summary
 

