@@ -10,28 +10,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from desimirror.s3server import SeaweedServer
-
-
-@dataclass(frozen=True)
-class S3Endpoint:
-    endpoint_url: str
-    env: dict[str, str]
-
-    def client(self):
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-            region_name=self.env.get("AWS_REGION", "us-east-1"),
-        )
+from helpers import S3Endpoint
 
 
 @pytest.fixture(scope="session")

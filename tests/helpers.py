@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 DESIMIRROR = str(Path(sys.executable).parent / "desimirror")
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    endpoint_url: str
+    env: dict[str, str]
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env.get("AWS_REGION", "us-east-1"),
+        )
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False, **kw):

@@ -57,6 +57,7 @@ class SeaweedServer:
     access_key: str = field(default_factory=lambda: "dm" + secrets.token_hex(8))
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     startup_timeout: float = 60.0
+    anonymous_read: bool = False  # a public bucket, as DESI's: Read and List need no keys
     process: subprocess.Popen | None = None
 
     @property
@@ -119,6 +120,8 @@ class SeaweedServer:
                 }
             ]
         }
+        if self.anonymous_read:
+            config["identities"].append({"name": "anonymous", "actions": ["Read", "List"]})
         path = self.data_dir / "s3.json"
         path.write_text(json.dumps(config))
         path.chmod(0o600)

@@ -775,3 +775,26 @@ def _check_space(root: Path, nbytes: int) -> None:
             f"synth needs about {format_size(nbytes)} but {existing} has {format_size(free)} "
             "free; use a smaller --scale, or --sparse"
         )
+
+
+def write_large_fits(path: Path, size: int) -> int:
+    """A valid FITS file of about ``size`` bytes: a primary header (astropy) over a float32
+    image of zeros, written sparse. Returns the header's length in bytes."""
+    from astropy.io import fits
+
+    width = 4096
+    rows = max(1, size // (4 * width))
+    header = fits.Header()
+    header["SIMPLE"] = True
+    header["BITPIX"] = -32
+    header["NAXIS"] = 2
+    header["NAXIS1"] = width
+    header["NAXIS2"] = rows
+    header["EXTEND"] = True
+    header["ORIGIN"] = "desimirror synth"
+    text = header.tostring().encode("ascii")
+    data = rows * width * 4
+    with open(path, "wb") as f:
+        f.write(text)
+        f.truncate(len(text) + data + (-data % 2880))
+    return len(text)

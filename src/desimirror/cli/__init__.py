@@ -11,7 +11,7 @@ import sys
 import click
 
 from desimirror import __version__
-from desimirror.cli import crawl, demo, plan, status, synth, upload, verify
+from desimirror.cli import crawl, demo, env, jupyter, mount, plan, status, synth, upload, verify
 from desimirror.errors import DesimirrorError, redact
 
 
@@ -24,8 +24,9 @@ def cli() -> None:
     """
 
 
-for module in (synth, crawl, plan, upload, verify, status, demo):
+for module in (synth, crawl, plan, upload, verify, status, demo, mount, env, jupyter):
     cli.add_command(module.command)
+cli.add_command(mount.unmount_command)
 
 
 def main(argv: list[str] | None = None) -> None:
