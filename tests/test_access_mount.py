@@ -12,9 +12,11 @@ import errno
 import hashlib
 import os
 import pwd
+import shlex
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -77,7 +79,8 @@ def test_mount_serves_the_release_read_only_at_desi_root_paths(
     assert "ro" in entry.options.split(",")
 
     # DESI code: the environment from `desimirror env`, then files by data model paths.
-    script = f'eval "$({DESIMIRROR} env --release EDR --data "$1")" && exec python -c "$2"'
+    python = shlex.quote(sys.executable)  # the venv's, with astropy, whatever PATH says
+    script = f'eval "$({DESIMIRROR} env --release EDR --data "$1")" && exec {python} -c "$2"'
     reader = (
         "import hashlib, os\n"
         "from astropy.io import fits\n"
