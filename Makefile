@@ -70,8 +70,10 @@ lint: $(VENV)/.installed
 test: lint
 	$(VENV)/bin/python -m pytest -q
 
+# Benchmarks, not tests: each prints ratios against peers measured in the same run.
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/access_bench.py
 
 clean-demo:
 	rm -rf demo

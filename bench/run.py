@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--large-mb",
         default=None,
-        help=f"comma-separated sizes in MB of the large-files workload (default "
+        help=f"comma-separated sizes in MiB of the large-files workload (default "
         f"{DEFAULT_LARGE_MB}; empty skips it)",
     )
     parser.add_argument(
@@ -54,12 +54,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "no-op run follows desimirror-s5cmd",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs per tool; the median-time run is reported"
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per tool, in rotating order; the fastest is reported (default 2, --quick 1)",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"a smoke run: --scale {QUICK_SCALE} and large files of {QUICK_LARGE_MB} MB",
+        help=f"a smoke run: --scale {QUICK_SCALE}, large files of {QUICK_LARGE_MB} MiB, --repeat 1",
     )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the temporary directory goes"
@@ -71,6 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.scale is None:
         args.scale = QUICK_SCALE if args.quick else DEFAULT_SCALE
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 2
     if args.large_mb is None:
         args.large_mb = QUICK_LARGE_MB if args.quick else DEFAULT_LARGE_MB
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]

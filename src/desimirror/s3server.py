@@ -153,18 +153,35 @@ class SeaweedServer:
         raise RemoteError(f"the embedded S3 server did not start; see {self.data_dir / 'weed.log'}")
 
     def _wait_ready(self) -> bool:
+        """Wait until the S3 gateway answers *and* a volume server has joined the master:
+        before that, the gateway is up but every PUT fails ("Not enough data nodes")."""
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 return False
-            try:
-                with urllib.request.urlopen(self.endpoint_url + "/", timeout=2):
-                    return True
-            except urllib.error.HTTPError:
-                return True  # 403 for an anonymous request: the gateway is up
-            except OSError:
-                time.sleep(0.25)
+            if self._gateway_answers() and self._has_data_node():
+                return True
+            time.sleep(0.25)
         return False
+
+    def _gateway_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.endpoint_url + "/", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # 403 for an anonymous request: the gateway is up
+        except OSError:
+            return False
+
+    def _has_data_node(self) -> bool:
+        url = f"http://127.0.0.1:{self.base_port}/dir/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                topology = json.load(reply).get("Topology", {})
+        except (OSError, ValueError):
+            return False
+        racks = (r for dc in topology.get("DataCenters") or [] for r in dc.get("Racks") or [])
+        return any(rack.get("DataNodes") for rack in racks)
 
     def stop(self, grace: float = 3.0) -> None:
         """Stop the server by PID: SIGTERM, wait ``grace`` seconds, then SIGKILL."""
