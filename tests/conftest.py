@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from desimirror.s3server import SeaweedServer
+from faultproxy import FaultProxy
 from helpers import S3Endpoint
 
 
@@ -57,3 +58,10 @@ def cli_env(s3: S3Endpoint, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     return {**os.environ, **s3.env}
+
+
+@pytest.fixture
+def fault_proxy(s3: S3Endpoint) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the test endpoint; no faults until a test sets them."""
+    with FaultProxy(s3.endpoint_url) as running:
+        yield running

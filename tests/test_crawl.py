@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from desimirror.crawl import Listing, _scan_entry, crawl, resolve_root, scan_directory
+import desimirror.crawl
+from desimirror.crawl import _Concurrency, crawl, resolve_root, scan_directory
 from desimirror.errors import StateError, UsageError
 from desimirror.manifest import Entry, Manifest
 from helpers import assert_clean_error, run_cli
@@ -185,33 +186,62 @@ def test_recrawl_picks_up_changes_and_drops_what_vanished(tmp_path: Path, tree: 
     )
 
 
-def test_entries_that_vanish_between_listing_and_stat(tmp_path: Path) -> None:
-    """A race we cannot provoke on demand: a listed entry whose lstat fails."""
+def test_entries_that_vanish_between_listing_and_stat(
+    tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race, provoked on demand: entries deleted after the listing, before lstat."""
+    root = tmp_path / "r"
+    write(root / "sub" / "gone.fits", 1)
+    write(root / "sub" / "kept.fits", 2)
+    write(root / "sub" / "dir" / "inner.fits", 3)
 
-    class Gone:
-        name = "gone.fits"
-        path = str(tmp_path / "gone.fits")
+    def delete(directory: str, names: list[str]) -> None:
+        if directory.endswith("/sub"):
+            assert sorted(names) == ["dir", "gone.fits", "kept.fits"]
+            os.unlink(os.path.join(directory, "gone.fits"))
+            os.unlink(os.path.join(directory, "dir", "inner.fits"))
+            os.rmdir(os.path.join(directory, "dir"))
 
-        def stat(self, follow_symlinks: bool = True) -> os.stat_result:  # noqa: ARG002
-            raise FileNotFoundError(2, "No such file or directory")
-
-    class Denied(Gone):
-        name = "denied"
-
-        def stat(self, follow_symlinks: bool = True) -> os.stat_result:  # noqa: ARG002
-            raise PermissionError(13, "Permission denied")
-
-    tree = resolve_root(tmp_path)
-    listing = Listing("", [], [], [])
-    _scan_entry(tree, "sub", Gone(), listing)  # type: ignore[arg-type]
-    _scan_entry(tree, "sub", Denied(), listing)  # type: ignore[arg-type]
-    assert listing.entries == []
-    assert [(e.path, e.message, e.hides) for e in listing.errors] == [
-        ("sub/gone.fits", "vanished during the crawl", False),
-        ("sub/denied", "cannot stat: Permission denied", True),
+    monkeypatch.setattr(desimirror.crawl, "before_stat", delete)
+    summary = crawl(root, manifest, workers=2)
+    assert set(rows(manifest)) == {"", "sub", "sub/kept.fits"}
+    assert sorted(summary.error_examples) == [
+        ("sub/dir", "vanished during the crawl"),
+        ("sub/gone.fits", "vanished during the crawl"),
     ]
-    vanished = scan_directory(tree, "no-such-dir")
-    assert vanished.errors[0].message == "directory vanished during the crawl"
+    assert summary.complete  # what vanished is gone: nothing is hidden
+    assert manifest.get("sub").size == 2
+    vanished = scan_directory(resolve_root(root), "no-such-dir")
+    assert [(e.path, e.message, e.hides) for e in vanished.errors] == [
+        ("no-such-dir", "directory vanished during the crawl", False)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "rate", "low", "high"),
+    [
+        # 1 ms a call: each task in flight adds its share, up to 64 of them
+        ("latency-bound", lambda n: 500.0 * min(n, 64), 64, 128),
+        # CPU-bound under the GIL: every thread beyond one costs (measured: 250k/s with
+        # 1 in flight, 150k with 2, 35k with 8)
+        ("cpu-bound", lambda n: 250_000.0 / (1 + 0.7 * (n - 1)), 1, 1),
+    ],
+)
+def test_tasks_in_flight_follow_the_rate(name: str, rate, low: int, high: int) -> None:
+    """The crawl keeps as many tasks in flight as make it faster: many on a filesystem
+    with latency, one where threads only fight over the GIL. A simulated clock: each
+    finished task of 100 entries takes the time the modelled rate gives it."""
+    now = [0.0]
+    concurrency = _Concurrency(128, adaptive=True, clock=lambda: now[0])
+    limits = []
+    for _ in range(20_000):
+        concurrency.limited = True  # work is always waiting
+        now[0] += 100 / rate(concurrency.limit)
+        concurrency.update(100, 0)
+        limits.append(concurrency.limit)
+    settled = limits[len(limits) // 2 :]
+    assert low <= sorted(settled)[len(settled) // 2] <= high, name
+    assert _Concurrency(8, adaptive=False).limit == 8  # other executors: fixed
 
 
 def test_any_executor_will_do(tree: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from desimirror.s3client import (
     check_bucket,
     describe_error,
     endpoint_url,
+    is_throttle,
     list_objects,
     make_client,
 )
@@ -212,3 +213,48 @@ def test_endpoint_url_prefers_the_target_then_the_environment(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
     assert endpoint_url(S3Target("b")) is None
+
+
+class FlakyHeadClient(FakeClient):
+    """head_bucket fails with the given errors first, then answers."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        super().__init__(FlakyPaginator([], client_error("x", 500)))
+        self.errors = list(errors)
+        self.calls = 0
+
+    def head_bucket(self, **_: str) -> dict:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return {}
+
+
+def test_check_bucket_rides_out_transient_failures_but_not_refusals():
+    sleeps: list[float] = []
+    flaky = FlakyHeadClient([client_error("SlowDown", 503), client_error("InternalError", 500)])
+    check_bucket(flaky, "bkt", sleep=sleeps.append)
+    assert flaky.calls == 3
+    assert sleeps == [0.5, 1.0]
+    denied = FlakyHeadClient([client_error("AccessDenied", 403)])
+    with pytest.raises(RemoteError, match="denied"):
+        check_bucket(denied, "bkt", sleep=sleeps.append)
+    assert denied.calls == 1
+    down = FlakyHeadClient([client_error("InternalError", 500)] * 10)
+    with pytest.raises(RemoteError):
+        check_bucket(down, "bkt", sleep=sleeps.append)
+    assert down.calls == 4  # bounded
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "throttle"),
+    [
+        ("SlowDown", 503, True),
+        (None, 503, True),
+        ("TooManyRequests", 429, True),
+        ("InternalError", 500, False),
+        ("AccessDenied", 403, False),
+    ],
+)
+def test_is_throttle(code, status, throttle):
+    assert is_throttle(code, status) is throttle

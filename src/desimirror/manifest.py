@@ -14,9 +14,10 @@ index answers without recursion.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,11 +80,16 @@ CREATE TABLE uploads (
     size INTEGER NOT NULL,                -- size and mtime of the file when it was sent
     mtime_ns INTEGER NOT NULL,
     etag TEXT,
-    uploaded_at REAL NOT NULL
+    uploaded_at REAL NOT NULL,
+    sha256 TEXT,                          -- hex SHA-256 of the bytes the object holds
+    part_size INTEGER,                    -- multipart objects: the part size ...
+    parts TEXT,                           -- ... and the parts' base64 SHA-256s, space-separated
+    proof TEXT,                           -- how the content was confirmed (see UploadRecord)
+    adopted INTEGER NOT NULL DEFAULT 0    -- 1: found in the bucket, not sent
 ) WITHOUT ROWID;
 CREATE TABLE failures (
     path TEXT PRIMARY KEY,
-    reason TEXT NOT NULL,                 -- error | changed | unsafe
+    reason TEXT NOT NULL,                 -- error | changed | unsafe | corrupt
     error TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1,
     at REAL NOT NULL
@@ -95,7 +101,33 @@ CREATE TABLE upload_runs (
     files INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE published (
+    path TEXT PRIMARY KEY,                -- the file a *.sha256sum claims a digest for
+    sha256 TEXT NOT NULL,                 -- hex
+    listed_in TEXT NOT NULL               -- the *.sha256sum file (a manifest path)
+) WITHOUT ROWID;
+CREATE INDEX published_by_listing ON published (listed_in);
+CREATE TABLE checksum_files (
+    path TEXT PRIMARY KEY,                -- a *.sha256sum file that was read ...
+    size INTEGER NOT NULL,                -- ... with this size and mtime
+    mtime_ns INTEGER,
+    claims INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    read_at REAL NOT NULL
+) WITHOUT ROWID;
 """
+
+# Additions since the first schema, applied in place to older dbs of the same version:
+# tables are created if absent, columns added if absent. Additive only, in one transaction.
+_ADDED_TABLES = ("published", "checksum_files")
+_CREATES = re.compile(r"\s*CREATE (?:TABLE|INDEX \w+ ON) (\w+) \(")
+_ADDED_COLUMNS = (
+    ("uploads", "sha256", "TEXT"),
+    ("uploads", "part_size", "INTEGER"),
+    ("uploads", "parts", "TEXT"),
+    ("uploads", "proof", "TEXT"),
+    ("uploads", "adopted", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 @dataclass(frozen=True)
@@ -119,6 +151,29 @@ class Entry:
         if self.path == "":
             return None
         return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """One file confirmed in the bucket, and how its content was confirmed.
+
+    ``proof`` is one of: ``sha256`` (the store validated the SHA-256 we sent, or returned
+    one equal to the file's), ``composite`` (a multipart object: the store validated every
+    part's SHA-256, and the parts were read in order into the whole-file SHA-256),
+    ``etag`` (the object's MD5 ETag equals the one computed from the file), ``size``
+    (adopted by size only, content unproven), ``none`` (sent; the store confirmed no checksum).
+    """
+
+    path: str
+    key: str
+    size: int
+    mtime_ns: int
+    etag: str | None
+    sha256: str | None = None
+    part_size: int | None = None
+    parts: tuple[str, ...] = ()
+    proof: str = "none"
+    adopted: bool = False
 
 
 def subtree_range(path: str) -> tuple[str, str]:
@@ -191,8 +246,47 @@ class Manifest:
             raise StateError(
                 f"{self.path} was written by a newer desimirror (schema {version}); upgrade"
             )
+        self._check_length()
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        self._migrate(tables)
+
+    def _check_length(self) -> None:
+        """Refuse a db file cut short (a copy that did not finish, a full disk).
+
+        Its header still opens, so the damage would only show mid-run, as an error in some
+        later query. Cheap: the header's page count against the file's length. With pages
+        still in the write-ahead log the file may legitimately be shorter, so only a db
+        without a WAL is checked.
+        """
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            return
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        page_size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        if self.path.stat().st_size < pages * page_size:
+            raise StateError(
+                f"{self.path} is cut short ({self.path.stat().st_size:,} of "
+                f"{pages * page_size:,} bytes): restore it from a copy; refusing to touch it"
+            )
+
+    def _migrate(self, tables: set[str]) -> None:
+        """Bring a db of this schema version up to date with the additive changes."""
+        conn = self.conn
+        missing = {t for t in _ADDED_TABLES if t not in tables}
+        statements = [
+            statement
+            for statement in _SCHEMA.split(";\n")
+            if (m := _CREATES.match(statement)) and m.group(1) in missing
+        ]
+        for table, column, ddl in _ADDED_COLUMNS:
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                statements.append(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+        if statements:
+            with self.atomic():
+                for statement in statements:
+                    conn.execute(statement)
 
     def close(self) -> None:
         self.conn.close()
@@ -443,16 +537,22 @@ class Manifest:
     # -- upload state ------------------------------------------------------------------------
 
     def is_done(self, entry: Entry) -> bool:
-        """True when the object for this entry was confirmed with the entry's size and mtime."""
+        """True when the object for this entry was confirmed with the entry's size and mtime
+        (and, where both are known, with the entry's reference SHA-256)."""
         row = self.conn.execute(
-            "SELECT size, mtime_ns FROM uploads WHERE path = ?", (entry.path,)
+            "SELECT size, mtime_ns, sha256 FROM uploads WHERE path = ?", (entry.path,)
         ).fetchone()
-        return row is not None and row == (entry.size, entry.mtime_ns)
+        if row is None or row[:2] != (entry.size, entry.mtime_ns):
+            return False
+        return row[2] is None or entry.sha256 is None or row[2] == entry.sha256
 
+    # Done = confirmed with the current size and mtime, and not contradicted by the
+    # reference checksum (a *.sha256sum that changed under an unchanged file).
     _PENDING = (
         " FROM entries e LEFT JOIN uploads u ON u.path = e.path"
         " WHERE (e.kind = 'file' OR (e.kind = 'link' AND e.link_kind = 'file'))"
-        " AND (u.path IS NULL OR u.size != e.size OR u.mtime_ns IS NOT e.mtime_ns)"
+        " AND (u.path IS NULL OR u.size != e.size OR u.mtime_ns IS NOT e.mtime_ns"
+        " OR (u.sha256 IS NOT NULL AND e.sha256 IS NOT NULL AND u.sha256 != e.sha256))"
     )
 
     def pending_in(self, paths: list[tuple[str, bool]]) -> list[Entry]:
@@ -488,19 +588,62 @@ class Manifest:
             "pending_bytes": pending_bytes,
         }
 
-    def record_uploads(self, rows: Iterable[tuple[str, str, int, int, str | None]]) -> int:
-        """Mark (path, key, size, mtime_ns, etag) as confirmed in the bucket; inside atomic."""
+    def record_mirrored(self, records: Iterable[UploadRecord]) -> int:
+        """Mark files as confirmed in the bucket, with their checksums; inside atomic.
+
+        A computed SHA-256 also becomes the entry's reference checksum when the entry still
+        has the size and mtime it was computed for and has no published one.
+        """
         now = time.time()
-        batch = [(p, k, s, m, e, now) for p, k, s, m, e in rows]
+        rows = [
+            (
+                r.path,
+                r.key,
+                r.size,
+                r.mtime_ns,
+                r.etag,
+                now,
+                r.sha256,
+                r.part_size,
+                " ".join(r.parts) or None,
+                r.proof,
+                int(r.adopted),
+            )
+            for r in records
+        ]
         self.conn.executemany(
-            "INSERT INTO uploads (path, key, size, mtime_ns, etag, uploaded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET key = excluded.key,"
-            " size = excluded.size, mtime_ns = excluded.mtime_ns, etag = excluded.etag,"
-            " uploaded_at = excluded.uploaded_at",
-            batch,
+            "INSERT INTO uploads (path, key, size, mtime_ns, etag, uploaded_at, sha256,"
+            " part_size, parts, proof, adopted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (path) DO UPDATE SET key = excluded.key, size = excluded.size,"
+            " mtime_ns = excluded.mtime_ns, etag = excluded.etag,"
+            " uploaded_at = excluded.uploaded_at, sha256 = excluded.sha256,"
+            " part_size = excluded.part_size, parts = excluded.parts, proof = excluded.proof,"
+            " adopted = excluded.adopted",
+            rows,
         )
-        self.conn.executemany("DELETE FROM failures WHERE path = ?", [(r[0],) for r in batch])
-        return len(batch)
+        self.conn.executemany(
+            "UPDATE entries SET sha256 = ? WHERE path = ? AND size = ? AND mtime_ns IS ?"
+            " AND sha256 IS NULL",
+            [(r[6], r[0], r[2], r[3]) for r in rows if r[6]],
+        )
+        self.conn.executemany("DELETE FROM failures WHERE path = ?", [(r[0],) for r in rows])
+        return len(rows)
+
+    def upload_record(self, path: str) -> UploadRecord | None:
+        """What the uploads table says about one file, or None."""
+        row = self.conn.execute(
+            "SELECT path, key, size, mtime_ns, etag, sha256, part_size, parts, proof, adopted"
+            " FROM uploads WHERE path = ?",
+            (path,),
+        ).fetchone()
+        if row is None:
+            return None
+        return UploadRecord(
+            *row[:7],
+            parts=tuple((row[7] or "").split()),
+            proof=row[8] or "none",
+            adopted=bool(row[9]),
+        )
 
     def record_failure(self, path: str, reason: str, error: str) -> None:
         """Remember why a file is not mirrored; inside atomic. ``error`` must be redacted."""
@@ -523,6 +666,86 @@ class Manifest:
             " WHERE id = ?",
             (files, nbytes, time.time(), run_id),
         )
+
+    # -- published checksums (*.sha256sum files of the release) --------------------------
+
+    def checksum_listings(self, suffix: str = ".sha256sum") -> list[tuple[str, int, int | None]]:
+        """(path, size, mtime_ns) of every regular file named ``*.sha256sum``.
+
+        Symlinks are left out on purpose: a listing is read, and only what the crawl saw as a
+        regular file inside the tree may be read.
+        """
+        pattern = "%" + suffix.replace("%", "").replace("_", "\\_")
+        return self.conn.execute(
+            "SELECT path, size, mtime_ns FROM entries WHERE kind = 'file'"
+            " AND name LIKE ? ESCAPE '\\' ORDER BY path",
+            (pattern,),
+        ).fetchall()
+
+    def read_listings(self) -> dict[str, tuple[int, int | None]]:
+        """The listings already read: path -> (size, mtime_ns) at the time."""
+        rows = self.conn.execute("SELECT path, size, mtime_ns FROM checksum_files")
+        return {p: (s, m) for p, s, m in rows}
+
+    def replace_listing(
+        self, path: str, size: int, mtime_ns: int | None, claims: dict[str, str], errors: int
+    ) -> None:
+        """Store what one listing claims, replacing its earlier claims; inside atomic.
+
+        When two listings claim the same file, the one deeper in the tree (nearer the file)
+        wins: a product directory's own listing over a summary further up.
+        """
+        conn = self.conn
+        conn.execute("DELETE FROM published WHERE listed_in = ?", (path,))
+        depth = "(length({0}) - length(replace({0}, '/', '')))"
+        conn.executemany(
+            "INSERT INTO published (path, sha256, listed_in) VALUES (?, ?, ?)"
+            " ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256,"
+            " listed_in = excluded.listed_in"
+            f" WHERE {depth.format('excluded.listed_in')} > {depth.format('published.listed_in')}",
+            [(p, d, path) for p, d in claims.items()],
+        )
+        conn.execute(
+            "INSERT INTO checksum_files (path, size, mtime_ns, claims, errors, read_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET size = excluded.size,"
+            " mtime_ns = excluded.mtime_ns, claims = excluded.claims, errors = excluded.errors,"
+            " read_at = excluded.read_at",
+            (path, size, mtime_ns, len(claims), errors, time.time()),
+        )
+
+    def drop_listing(self, path: str) -> None:
+        """Forget a listing that is gone from the tree, and its claims; inside atomic."""
+        self.conn.execute("DELETE FROM published WHERE listed_in = ?", (path,))
+        self.conn.execute("DELETE FROM checksum_files WHERE path = ?", (path,))
+
+    def apply_published(self) -> int:
+        """Make every published claim the reference checksum of its entry; the count changed.
+
+        Runs after each sync: a file that changed since a crawl lost its checksum there, and
+        gets the claim back here, so that bytes which no longer match what the release
+        published are caught instead of mirrored.
+        """
+        with self.atomic() as conn:
+            cur = conn.execute(
+                "UPDATE entries SET sha256 = p.sha256 FROM published p"
+                " WHERE p.path = entries.path AND entries.kind IN ('file', 'link')"
+                " AND entries.sha256 IS NOT p.sha256"
+            )
+        return max(cur.rowcount, 0)
+
+    # -- files gone from the source ---------------------------------------------------------
+
+    def gone_uploads(self) -> list[tuple[str, str, int, str | None, bool]]:
+        """(path, key, size, etag, adopted) of objects recorded for files no longer uploadable."""
+        return self.conn.execute(
+            "SELECT u.path, u.key, u.size, u.etag, u.adopted FROM uploads u"
+            f" WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.path = u.path AND {UPLOADABLE})"
+            " ORDER BY u.path"
+        ).fetchall()
+
+    def forget_uploads(self, paths: Iterable[str]) -> None:
+        """Drop upload records (objects deleted, or found wrong); inside atomic."""
+        self.conn.executemany("DELETE FROM uploads WHERE path = ?", [(p,) for p in paths])
 
     # -- crawl: forgetting what vanished (added for crawl.py) ----------------------------
 
@@ -550,3 +773,111 @@ class Manifest:
             if gone:
                 conn.execute("DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)")
         return len(gone)
+
+    # -- crawl: bulk loading (added for crawl.py's fast path) ----------------------------
+    #
+    # A crawl writes one row per entry, millions of them, as fast as the filesystem lists
+    # them. These methods let it do that without per-row overhead; the rows mean exactly
+    # what put_entries writes. Nothing else in the mirror needs them.
+
+    #: The secondary index of ``entries``, as the schema creates it.
+    _PARENT_INDEX = "CREATE INDEX IF NOT EXISTS entries_by_parent ON entries (parent, name)"
+
+    def has_entries(self) -> bool:
+        """True if any entry is recorded (a re-crawl), False for a first crawl."""
+        return self.conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+
+    @contextmanager
+    def bulk_load(self, *, drop_parent_index: bool = False) -> Iterator[None]:
+        """Settings for writing a crawl's rows, restored (and checkpointed) on the way out.
+
+        - ``wal_autocheckpoint = 0``: the writer never stops to copy the WAL into the
+          database; the crawl does that from a second connection in the background
+          (``crawl._Checkpointer``), and this method once more on the way out.
+        - ``synchronous = OFF``: in WAL mode a commit does not sync under NORMAL either;
+          what OFF leaves out is the sync around checkpoints, and this connection makes
+          none (the background ones and the last one run with NORMAL). So a power loss
+          still leaves the database file as of the last checkpoint plus the WAL's intact,
+          checksummed prefix of whole transactions, the guarantee NORMAL gives. A crash of
+          the crawl loses at most its rows not yet committed: the crawl is run again.
+        - ``ignore_check_constraints``: the kind column's ``CHECK (kind IN (...))`` costs
+          about 2 µs a row (SQLite rebuilds the IN list at every statement run); the crawl
+          writes only its own four constants.
+        - ``drop_parent_index`` (a first crawl: nobody can be reading the tree yet):
+          building ``entries_by_parent`` once at the end, by sorting, costs a fraction of
+          updating it row by row; the upsert needs only the primary key. The index is
+          rebuilt on the way out, also when the crawl fails; if the process is killed
+          first, the next bulk load (the next crawl) rebuilds it before anything else.
+        """
+        conn = self.conn
+        conn.execute(self._PARENT_INDEX)  # a crawl killed in bulk mode may have left none
+        if drop_parent_index:
+            conn.execute("DROP INDEX IF EXISTS entries_by_parent")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        try:
+            yield
+        finally:
+            conn.execute("PRAGMA ignore_check_constraints = OFF")
+            cache = conn.execute("PRAGMA cache_size").fetchone()[0]
+            conn.execute("PRAGMA cache_size = -16384")  # the index sort, in memory: ~12% faster
+            conn.execute(self._PARENT_INDEX)
+            conn.execute(f"PRAGMA cache_size = {int(cache)}")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 1000")
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def put_crawl_rows(self, crawl_id: int, rows: Sequence[tuple]) -> int:
+        """:meth:`put_entries` for rows as a crawl makes them; call inside :meth:`atomic`.
+
+        A row is ``(path, parent, name, kind, size, mtime_ns, link_target, link_kind)``:
+        plain tuples cost a fraction of :class:`Entry` objects at millions of rows. A crawl
+        never brings a checksum, so a file's recorded one survives only if its size and
+        mtime did not change, as with put_entries.
+        """
+        self.conn.executemany(
+            "INSERT INTO entries (path, parent, name, kind, size, mtime_ns, link_target,"
+            f" link_kind, crawl_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {int(crawl_id)})"
+            " ON CONFLICT (path) DO UPDATE SET parent = excluded.parent, name = excluded.name,"
+            " kind = excluded.kind,"
+            " sha256 = CASE WHEN entries.size = excluded.size"
+            "   AND entries.mtime_ns IS excluded.mtime_ns THEN entries.sha256 END,"
+            " size = excluded.size, mtime_ns = excluded.mtime_ns,"
+            " link_target = excluded.link_target, link_kind = excluded.link_kind,"
+            " crawl_id = excluded.crawl_id",
+            rows,
+        )
+        return len(rows)
+
+    def put_dir_sizes(self, sizes: Iterable[tuple[int, str]]) -> None:
+        """Set ``(size, path)`` for directories; call inside :meth:`atomic`. For a crawl
+        that saw the whole tree and summed it itself: the sizes :meth:`_compute_dir_sizes`
+        would find, without a pass over the table."""
+        self.conn.executemany("UPDATE entries SET size = ? WHERE path = ?", sizes)
+
+    def finish_complete_crawl(self, crawl_id: int, *, drop_unseen: bool = True) -> int:
+        """:meth:`drop_unseen` and :meth:`finish_crawl` for a crawl that saw the whole tree
+        and set the directory sizes itself (:meth:`put_dir_sizes`); returns the number of
+        entries dropped. ``drop_unseen=False`` skips looking for entries of earlier crawls
+        when there were none.
+        """
+        with self.atomic() as conn:
+            dropped = 0
+            if drop_unseen:
+                dropped = conn.execute(
+                    "DELETE FROM entries WHERE crawl_id != ?", (crawl_id,)
+                ).rowcount
+                if dropped:
+                    conn.execute(
+                        "DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)"
+                    )
+            n_entries = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+            n_errors = conn.execute(
+                "SELECT count(*) FROM crawl_errors WHERE crawl_id = ?", (crawl_id,)
+            ).fetchone()[0]
+            conn.execute(
+                "UPDATE crawls SET finished = ?, entries = ?, errors = ? WHERE id = ?",
+                (time.time(), n_entries, n_errors, crawl_id),
+            )
+        return dropped

@@ -64,6 +64,17 @@ _TRANSIENT_CODES = frozenset(
         "XAmzContentSHA256Mismatch",
     }
 )
+# Codes a store uses to ask for fewer requests: the uploader lowers its concurrency.
+_THROTTLE_CODES = frozenset(
+    {
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "TooManyRequests",
+    }
+)
 _DENIED_CODES = frozenset(
     {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 )
@@ -137,6 +148,21 @@ def retryable_error(code: str | None, status: int | None) -> bool:
     if status is None:
         return True
     return not (400 <= status < 500) or status in (408, 429)
+
+
+def is_throttle(code: str | None, status: int | None) -> bool:
+    """Whether a refusal asks the client to slow down (503 SlowDown, 429, Throttling...)."""
+    return code in _THROTTLE_CODES or status in (429, 503)
+
+
+def error_code(exc: BaseException) -> tuple[str | None, int | None]:
+    """The S3 error code and HTTP status of a botocore ClientError, else (None, None)."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.ClientError):
+        code, status, _ = _client_error_parts(exc)
+        return code, status
+    return None, None
 
 
 def _client_error_parts(exc: Any) -> tuple[str, int | None, str]:
@@ -213,18 +239,30 @@ def bucket_error(client: Any, bucket: str, exc: BaseException) -> RemoteError:
     return RemoteError(one_line(f"bucket {bucket} at {_endpoint_of(client)}: {text}"))
 
 
-def check_bucket(client: Any, bucket: str) -> None:
+def check_bucket(
+    client: Any,
+    bucket: str,
+    *,
+    attempts: int = 4,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """Fail early, with one actionable line, if ``bucket`` cannot be used with ``client``.
 
     Run before any work so that a typo or an expired key is one clear error instead of a
-    million identical per-file failures.
+    million identical per-file failures. A transient failure (a 503, a reset connection)
+    is tried again a few times: a flaky endpoint must not stop a run before it starts.
     """
     from botocore import exceptions as bx
 
-    try:
-        client.head_bucket(Bucket=bucket)
-    except (bx.BotoCoreError, bx.ClientError) as exc:
-        raise bucket_error(client, bucket, exc) from None
+    for attempt in range(1, attempts + 1):
+        try:
+            client.head_bucket(Bucket=bucket)
+            return
+        except (bx.BotoCoreError, bx.ClientError) as exc:
+            unreachable = isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError)
+            if attempt == attempts or unreachable or not _is_transient(exc):
+                raise bucket_error(client, bucket, exc) from None
+            sleep(min(10.0, 0.5 * 2 ** (attempt - 1)))
 
 
 def _is_transient(exc: BaseException) -> bool:

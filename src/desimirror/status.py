@@ -11,8 +11,9 @@ FAILURE_EXAMPLES = 10
 
 
 def mirror_status(manifest: Manifest) -> dict[str, object]:
-    """Files and bytes done and pending, failures with their last error, batches,
-    throughput over all upload runs, and an ETA for what is left at that rate."""
+    """Files and bytes done and pending, failures with their last error, how the content
+    of what is done was proven, batches, throughput over all upload runs, and an ETA for
+    what is left at that rate."""
     conn = manifest.conn
     subdir = manifest.get_meta("plan_subdir") or ""
     totals = manifest.totals(subdir)
@@ -37,6 +38,10 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
         "SELECT id, root, started, finished, entries, errors FROM crawls ORDER BY id DESC LIMIT 1"
     ).fetchone()
     pinned = manifest.get_meta("target")
+    proofs = dict(conn.execute("SELECT coalesce(proof, 'none'), count(*) FROM uploads GROUP BY 1"))
+    adopted = conn.execute("SELECT count(*) FROM uploads WHERE adopted").fetchone()[0]
+    gone = len(manifest.gone_uploads())
+    published = conn.execute("SELECT count(*) FROM published").fetchone()[0]
     return {
         "db": str(manifest.path),
         "root": manifest.root or manifest.root_name,
@@ -50,6 +55,10 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
         "pending_bytes": totals["pending_bytes"],
         "failed": failures,
         "failures": examples,
+        "proof": proofs,
+        "adopted_files": adopted,
+        "gone_files": gone,
+        "published_checksums": published,
         "batches": batches_total,
         "batches_done": batches_done,
         "upload_runs": runs,

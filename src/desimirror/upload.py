@@ -1,12 +1,35 @@
-"""Upload the planned batches, file by file, so that a kill at any instant loses nothing.
+"""Upload the planned batches, file by file, so that a kill at any instant loses nothing,
+and so that every object's content is proven on the way.
 
 Batches are units of work, not of state: what is done is the set of files whose object
-was confirmed by the backend *and* whose size and mtime, stat'ed again after the
-transfer, still match the manifest. Confirmations are committed in small transactions as
-they arrive, so a kill -9 costs at most the files in flight, and the same command picks up
-where the last one stopped. Failed files are retried with backoff inside the run and then
-reported, never marked done; a file that changed since the crawl is flagged for a
+was confirmed in the bucket, with its content checked, *and* whose size and mtime, stat'ed
+again after the transfer, still match the manifest. Confirmations are committed in small
+transactions as they arrive, so a kill -9 costs at most the files in flight, and the same
+command picks up where the last one stopped.
+
+Content. Before the first batch the release's ``*.sha256sum`` listings are read
+(:mod:`desimirror.published`): their digests are the reference for what the bytes must be.
+Then each pending file goes one of three ways:
+
+* **adopted**: the bucket already holds an object under the file's key with the same size
+  and a matching checksum (its ``ChecksumSHA256`` against the reference, or its ETag
+  against the file's MD5); it is recorded without being sent. ``--adopt size`` accepts a
+  matching size alone (faster, unproven, and said so); ``--adopt none`` always sends.
+* **sent by the native backend**, which sends the SHA-256 so that the store refuses bytes
+  that differ, and hashes what it reads (one read of the file);
+* **sent by s5cmd**, which cannot send checksums: the file is hashed here first
+  (:mod:`desimirror.prehash`, one chunk ahead of the transfer) and the object's ETag is
+  compared with the file's MD5 afterwards (a second read of the file).
+
+A file whose bytes differ from its published SHA-256 is reported as corrupt and neither
+sent nor adopted. Failed files are retried with jittered exponential backoff and then
+reported, never marked done. Throttling (503 SlowDown) does not use up a file's attempts
+(up to ``throttle_rounds`` extra rounds) and lowers the concurrency
+(:mod:`desimirror.throttle`). A file that changed since the crawl is flagged for a
 re-crawl instead of being recorded under a size the bucket does not have.
+
+Files gone from the source since they were mirrored are reported; ``--delete`` removes
+their objects (see :mod:`desimirror.prune`).
 """
 
 from __future__ import annotations
@@ -16,18 +39,25 @@ import os
 import random
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from desimirror import transfer
+from desimirror.bucket import ObjectInfo, ObjectLookup
+from desimirror.checksums import guess_part_sizes, hex_of_b64
 from desimirror.errors import IncompleteError, StateError, UsageError, redact
 from desimirror.keys import KeyMap, first_collision
-from desimirror.manifest import Entry, Manifest
+from desimirror.manifest import Entry, Manifest, UploadRecord
+from desimirror.prehash import FileChanged, Prehasher
 from desimirror.progress import NullProgress, Progress
+from desimirror.published import sync_published
+from desimirror.throttle import Concurrency
 from desimirror.transfer import S3Target, TransferItem, TransferResult
 
+MiB = 1 << 20
 COMMIT_EVERY_SECONDS = 1.0
 COMMIT_EVERY_RESULTS = 500
+ADOPT_MODES = ("checksum", "size", "none")
 
 
 @dataclass(frozen=True)
@@ -42,6 +72,16 @@ class UploadOptions:
     max_batches: int | None = None
     max_attempts: int = 4
     backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+    #: Extra rounds a file may spend being refused by throttling, on top of its attempts.
+    throttle_rounds: int = 30
+    part_size: int = 50 * MiB
+    adopt: str = "checksum"
+    delete: bool = False
+    hash_threads: int = 4
+    #: s5cmd runs at most this much of a batch at once, hashing the next chunk meanwhile.
+    chunk_files: int = 2000
+    chunk_bytes: int = 8 << 30
 
 
 @dataclass
@@ -50,19 +90,33 @@ class UploadSummary:
 
     bucket: str
     backend: str
+    adopt_mode: str = "checksum"
     batches_total: int = 0
     batches_done: int = 0
     batches_run: int = 0
     files_sent: int = 0
     bytes_sent: int = 0
+    files_adopted: int = 0
+    bytes_adopted: int = 0
     files_failed: int = 0
     files_changed: int = 0
     files_unsafe: int = 0
+    files_corrupt: int = 0
+    files_gone: int = 0
+    bytes_gone: int = 0
+    files_deleted: int = 0
     pending_files: int = 0
     pending_bytes: int = 0
+    retries: int = 0
+    backoff_seconds: float = 0.0
+    bytes_hashed: int = 0
+    hash_seconds: float = 0.0
     seconds: float = 0.0
     stopped_early: bool = False
+    concurrency: dict[str, int] = field(default_factory=dict)
+    checksums: dict[str, object] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -71,6 +125,8 @@ class UploadSummary:
     def as_dict(self) -> dict[str, object]:
         report = dict(self.__dict__)
         report["bytes_per_second"] = round(self.rate, 1)
+        report["backoff_seconds"] = round(self.backoff_seconds, 3)
+        report["hash_seconds"] = round(self.hash_seconds, 3)
         return report
 
 
@@ -119,29 +175,42 @@ def _describe_target(target: dict) -> str:
     return f"{text} (remap {remap})" if remap else text
 
 
-def _check_source(root: str, entry: Entry) -> tuple[str, str | None]:
-    """Return (reason, message) if the file must not be sent as it stands, else ("", None).
+def _check_source(root: str, entry: Entry) -> tuple[str, str | None, str]:
+    """(reason, message, source): why the file must not be sent as it stands (reason "" if
+    it may), and the path to read.
 
     Regular files must still be regular files with the crawled size and mtime; a symlink
-    must still resolve to a regular file inside the root, so nothing outside the crawled
-    tree is ever read.
+    must still resolve to a regular file inside the root, and its resolved target is what
+    is read, so nothing outside the crawled tree is ever read.
     """
     path = os.path.join(root, entry.path)
+    source = path
     try:
         lst = os.lstat(path)
         if entry.kind == "link":
-            real = os.path.realpath(path)
+            source = os.path.realpath(path)
             real_root = os.path.realpath(root)
-            if not real.startswith(real_root + os.sep):
-                return "unsafe", "symlink now points outside the crawled tree"
-            lst = os.stat(path)
+            if not source.startswith(real_root + os.sep):
+                return "unsafe", "symlink now points outside the crawled tree", path
+            lst = os.lstat(source)
     except OSError as exc:
-        return "changed", f"cannot stat: {exc.strerror or exc}"
+        return "changed", f"cannot stat: {exc.strerror or exc}", path
     if not stat.S_ISREG(lst.st_mode):
-        return "changed", "no longer a regular file"
+        return "changed", "no longer a regular file", path
     if (lst.st_size, lst.st_mtime_ns) != (entry.size, entry.mtime_ns):
-        return "changed", "size or mtime changed since the crawl; run 'desimirror crawl' again"
-    return "", None
+        return (
+            "changed",
+            "size or mtime changed since the crawl; run 'desimirror crawl' again",
+            path,
+        )
+    return "", None, source
+
+
+_COUNTERS = {
+    "changed": "files_changed",
+    "unsafe": "files_unsafe",
+    "corrupt": "files_corrupt",
+}
 
 
 class _Recorder:
@@ -149,21 +218,25 @@ class _Recorder:
 
     def __init__(self, manifest: Manifest, run_id: int, summary: UploadSummary) -> None:
         self.manifest, self.run_id, self.summary = manifest, run_id, summary
-        self.done: list[tuple[str, str, int, int, str | None]] = []
+        self.done: list[UploadRecord] = []
         self.failed: list[tuple[str, str, str]] = []
         self.last_commit = time.monotonic()
 
-    def confirmed(self, entry: Entry, key: str, etag: str | None) -> None:
-        self.done.append((entry.path, key, entry.size, entry.mtime_ns or 0, etag))
-        self.summary.files_sent += 1
-        self.summary.bytes_sent += entry.size
+    def confirmed(self, record: UploadRecord, *, counted_as_adopted: bool) -> None:
+        self.done.append(record)
+        if counted_as_adopted:
+            self.summary.files_adopted += 1
+            self.summary.bytes_adopted += record.size
+        else:
+            self.summary.files_sent += 1
+            self.summary.bytes_sent += record.size
         self._maybe_commit()
 
     def failed_file(self, entry: Entry, reason: str, message: str) -> None:
         self.failed.append((entry.path, reason, redact(message)))
-        counter = {"changed": "files_changed", "unsafe": "files_unsafe"}.get(reason, "files_failed")
+        counter = _COUNTERS.get(reason, "files_failed")
         setattr(self.summary, counter, getattr(self.summary, counter) + 1)
-        if reason == "error" and len(self.summary.errors) < 20:
+        if reason in ("error", "corrupt") and len(self.summary.errors) < 20:
             self.summary.errors.append(f"{entry.path}: {redact(message)}")
         self._maybe_commit()
 
@@ -175,59 +248,353 @@ class _Recorder:
     def commit(self) -> None:
         if not (self.done or self.failed):
             return
-        nbytes = sum(row[2] for row in self.done)
+        sent = [r for r in self.done if not r.adopted]
         with self.manifest.atomic():
-            self.manifest.record_uploads(self.done)
+            self.manifest.record_mirrored(self.done)
             for path, reason, message in self.failed:
                 self.manifest.record_failure(path, reason, message)
-            self.manifest.tick_upload_run(self.run_id, len(self.done), nbytes)
+            self.manifest.tick_upload_run(self.run_id, len(sent), sum(r.size for r in sent))
         self.done, self.failed = [], []
         self.last_commit = time.monotonic()
 
 
-def _send_batch(
-    backend: transfer.TransferBackend,
-    root: str,
-    entries: Sequence[Entry],
-    keymap: KeyMap,
-    recorder: _Recorder,
-    progress: Progress,
-    options: UploadOptions,
-    sleep: Callable[[float], None],
-) -> None:
-    """Send one batch's pending files, retrying failures with exponential backoff."""
-    todo: dict[str, Entry] = {}
-    for entry in entries:
-        reason, message = _check_source(root, entry)
-        if reason:
-            recorder.failed_file(entry, reason, message or reason)
-        else:
-            todo[keymap.key(entry.path)] = entry
-    for attempt in range(1, options.max_attempts + 1):
+@dataclass
+class _Job:
+    """One file of a batch on its way to the bucket."""
+
+    entry: Entry
+    source: str
+    attempts: int = 0  # failed attempts that were not throttling
+    throttled: int = 0  # rounds refused by throttling
+    sent: bool = False  # a transfer was started in this run (so not "adopted" if found)
+
+
+def _chunks(jobs: list[tuple[str, _Job]], max_files: int, max_bytes: int) -> list[list]:
+    chunks: list[list[tuple[str, _Job]]] = []
+    current: list[tuple[str, _Job]] = []
+    size = 0
+    for pair in jobs:
+        if current and (len(current) >= max_files or size + pair[1].entry.size > max_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(pair)
+        size += pair[1].entry.size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class _Uploader:
+    """Sends the pending files of one batch after another; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        options: UploadOptions,
+        root: str,
+        keymap: KeyMap,
+        backend: transfer.TransferBackend,
+        lookup: ObjectLookup,
+        hasher: Prehasher,
+        recorder: _Recorder,
+        progress: Progress,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.options, self.root, self.keymap = options, root, keymap
+        self.backend, self.lookup, self.hasher = backend, lookup, hasher
+        self.recorder, self.progress, self.sleep = recorder, progress, sleep
+        self.summary = recorder.summary
+        failures = recorder.manifest.conn.execute(
+            "SELECT path FROM failures WHERE reason = 'mismatch'"
+        )
+        self.mismatched = {path for (path,) in failures}
+
+    # -- one batch ------------------------------------------------------------------------
+
+    def batch(self, entries: Sequence[Entry]) -> None:
+        """Send (or adopt) one batch's pending files, retrying failures with backoff."""
+        todo: dict[str, _Job] = {}
+        for entry in entries:
+            reason, message, source = _check_source(self.root, entry)
+            if reason:
+                self.recorder.failed_file(entry, reason, message or reason)
+            else:
+                todo[self.keymap.key(entry.path)] = _Job(entry, source)
+        rounds = 0
+        try:
+            while todo:
+                rounds += 1
+                if self.options.adopt != "none":
+                    todo = self._adopt(todo)
+                retry: dict[str, _Job] = {}
+                for job, result in self._send(todo):
+                    if self._settle(job, result):
+                        retry[result.item.key] = job
+                self.recorder.commit()
+                todo = retry
+                if todo:
+                    self.summary.retries += len(todo)
+                    cap = self.options.max_backoff_seconds
+                    delay = min(cap, self.options.backoff_seconds * 2 ** (rounds - 1))
+                    delay *= 0.5 + random.random()
+                    self.summary.backoff_seconds += delay
+                    self.sleep(delay)
+        finally:
+            self.hasher.forget({e.path for e in entries})
+
+    def prefetch(self, entries: Sequence[Entry]) -> None:
+        """Start hashing the next batch's files while this one is sent (s5cmd only: the
+        native backend hashes as it sends)."""
+        if self.backend.sends_checksums or self.options.adopt == "size":
+            return
+        for entry in entries:
+            if entry.kind == "file":  # links are resolved and checked when their turn comes
+                source = os.path.join(self.root, entry.path)
+                self.hasher.submit(source, entry, self.options.part_size)
+
+    def _settle(self, job: _Job, result: TransferResult) -> bool:
+        """Record one result; True if the file is to be tried again."""
+        entry = job.entry
+        if result.ok:
+            reason, message, _ = _check_source(self.root, entry)
+            if reason:
+                self.recorder.failed_file(entry, reason, f"changed during upload: {message}")
+            elif entry.sha256 and result.sha256 and result.sha256 != entry.sha256:
+                text = f"the object holds SHA-256 {result.sha256}, the release has {entry.sha256}"
+                self.recorder.failed_file(entry, "corrupt", text)
+            else:
+                self._confirm(job, result.item.key, result, adopted=False)
+            return False
+        if result.reason in ("corrupt", "changed"):
+            self.recorder.failed_file(entry, result.reason, result.error or result.reason)
+            return False
+        if result.retryable:
+            if result.throttled and job.throttled < self.options.throttle_rounds:
+                job.throttled += 1
+                return True
+            job.attempts += 1
+            if job.attempts < self.options.max_attempts:
+                return True
+        self.recorder.failed_file(entry, "error", result.error or "upload failed")
+        return False
+
+    def _confirm(
+        self,
+        job: _Job,
+        key: str,
+        result: TransferResult | None = None,
+        *,
+        adopted: bool,
+        info: ObjectInfo | None = None,
+        proof: str | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        entry = job.entry
+        multipart = result is not None and result.part_size is not None and len(result.parts) > 1
+        record = UploadRecord(
+            path=entry.path,
+            key=key,
+            size=entry.size,
+            mtime_ns=entry.mtime_ns or 0,
+            etag=(result.etag if result else None) or (info.etag if info else None),
+            sha256=(result.sha256 if result else None) or sha256,
+            part_size=result.part_size if multipart and result else None,
+            parts=result.parts if multipart and result else (),
+            proof=(result.proof if result else None) or proof or "none",
+            adopted=adopted and not job.sent,
+        )
+        self.recorder.confirmed(record, counted_as_adopted=adopted and not job.sent)
+        self.progress.advance(1, entry.size)
+
+    # -- adopting what the bucket already holds ----------------------------------------
+
+    def _adopt(self, todo: dict[str, _Job]) -> dict[str, _Job]:
+        """Record the files whose object is already right; return the ones still to send."""
+        found = self.lookup.find(todo)
+        candidates = {
+            k: j for k, j in todo.items() if (o := found.objects.get(k)) and o.size == j.entry.size
+        }
+        rest = {k: j for k, j in todo.items() if k not in candidates}
+        if not candidates:
+            return rest
+        if self.options.adopt == "size":
+            for key, job in candidates.items():
+                if job.entry.path in self.mismatched:
+                    rest[key] = job  # verify found this object wrong: never by size again
+                else:
+                    self._confirm(job, key, adopted=True, info=found.objects[key], proof="size")
+            return rest
+        unasked = [
+            k
+            for k, j in candidates.items()
+            if j.entry.sha256 and not found.objects[k].checksum_known
+        ]
+        heads = self.lookup.find(unasked, checksums=True).objects if unasked else {}
+        local: dict[str, tuple[_Job, ObjectInfo, int]] = {}
+        for key, job in candidates.items():
+            info = heads.get(key) or found.objects[key]
+            full = hex_of_b64(info.checksum_sha256) if info.checksum_sha256 else None
+            if full is not None and job.entry.sha256:
+                if full == job.entry.sha256:
+                    self._confirm(job, key, adopted=True, info=info, proof="sha256", sha256=full)
+                else:
+                    rest[key] = job  # the object holds other bytes than the release
+                continue
+            part_size = self._part_size_of(info)
+            if part_size is None:
+                rest[key] = job  # cannot recompute its ETag: send the file instead
+                continue
+            local[key] = (job, info, part_size)
+            self.hasher.submit(job.source, job.entry, part_size)
+        for key, (job, info, part_size) in local.items():
+            try:
+                digests = self.hasher.digests(job.source, job.entry, part_size)
+            except (FileChanged, OSError) as exc:
+                self.recorder.failed_file(job.entry, "changed", _read_error(exc))
+                continue
+            if job.entry.sha256 and digests.sha256 != job.entry.sha256:
+                self.recorder.failed_file(job.entry, "corrupt", _corrupt_text(digests.sha256, job))
+                continue
+            if info.etag == digests.etag:
+                self._confirm(
+                    job, key, adopted=True, info=info, proof="etag", sha256=digests.sha256
+                )
+            elif info.checksum_sha256 and info.checksum_sha256 == digests.composite:
+                self._confirm(
+                    job, key, adopted=True, info=info, proof="composite", sha256=digests.sha256
+                )
+            else:
+                rest[key] = job
+        return rest
+
+    def _part_size_of(self, info: ObjectInfo) -> int | None:
+        """The part size with which the object's ETag can be recomputed from the file."""
+        if "-" not in info.etag:
+            return max(self.options.part_size, info.size, 1)
+        guesses = guess_part_sizes(info.size, info.etag, [self.options.part_size])
+        return guesses[0] if guesses else None
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _send(self, todo: dict[str, _Job]) -> Iterator[tuple[_Job, TransferResult]]:
         if not todo:
             return
-        items = [TransferItem(os.path.join(root, e.path), k, e.size) for k, e in todo.items()]
-        retry: dict[str, Entry] = {}
-        last_error: dict[str, TransferResult] = {}
-        for result in backend.put_batch(items):
-            entry = todo[result.item.key]
-            if result.ok:
-                reason, message = _check_source(root, entry)
-                if reason:
-                    recorder.failed_file(entry, reason, f"changed during upload: {message}")
+        if self.backend.sends_checksums:
+            items = []
+            for key, job in todo.items():
+                job.sent = True
+                items.append(TransferItem(job.source, key, job.entry.size, job.entry.sha256))
+            for result in self.backend.put_batch(items):
+                yield todo[result.item.key], result
+            return
+        yield from self._send_hashed(todo)
+
+    def _send_hashed(self, todo: dict[str, _Job]) -> Iterator[tuple[_Job, TransferResult]]:
+        """s5cmd: hash a chunk ahead, send the files that match, compare ETags after."""
+        part_size = self.options.part_size
+        chunks = _chunks(list(todo.items()), self.options.chunk_files, self.options.chunk_bytes)
+
+        def prefetch(chunk: list[tuple[str, _Job]]) -> None:
+            for _, job in chunk:
+                self.hasher.submit(job.source, job.entry, part_size)
+
+        if chunks:
+            prefetch(chunks[0])
+        for number, chunk in enumerate(chunks):
+            if number + 1 < len(chunks):
+                prefetch(chunks[number + 1])
+            items: list[TransferItem] = []
+            digests = {}
+            for key, job in chunk:
+                item = TransferItem(job.source, key, job.entry.size, job.entry.sha256)
+                try:
+                    digest = self.hasher.digests(job.source, job.entry, part_size)
+                except (FileChanged, OSError) as exc:
+                    yield job, _failed(item, _read_error(exc), reason="changed")
+                    continue
+                if job.entry.sha256 and digest.sha256 != job.entry.sha256:
+                    yield job, _failed(item, _corrupt_text(digest.sha256, job), reason="corrupt")
+                    continue
+                job.sent = True
+                digests[key] = digest
+                items.append(item)
+            sent: list[TransferResult] = []
+            for result in self.backend.put_batch(items):
+                if result.ok:
+                    sent.append(result)
                 else:
-                    recorder.confirmed(entry, result.item.key, result.etag)
-                    progress.advance(1, entry.size)
-            elif result.retryable and attempt < options.max_attempts:
-                retry[result.item.key] = entry
-                last_error[result.item.key] = result
+                    yield todo[result.item.key], result
+            if sent:
+                yield from self._compare_etags(todo, sent, digests)
+
+    def _compare_etags(
+        self, todo: dict[str, _Job], sent: list[TransferResult], digests: dict
+    ) -> Iterator[tuple[_Job, TransferResult]]:
+        found = self.lookup.find(r.item.key for r in sent)
+        for result in sent:
+            item, digest = result.item, digests[result.item.key]
+            info = found.objects.get(item.key)
+            if info is None:
+                why = (
+                    "could not read the object's ETag back"
+                    if item.key in found.unknown
+                    else "the object is not in the bucket after the upload"
+                )
+                yield todo[item.key], _failed(item, why)
+            elif info.etag != digest.etag or info.size != digest.size:
+                why = f"the object's ETag {info.etag} is not the file's {digest.etag}"
+                yield todo[item.key], _failed(item, why)
             else:
-                recorder.failed_file(entry, "error", result.error or "upload failed")
-        recorder.commit()
-        todo = retry
-        if todo:
-            delay = options.backoff_seconds * 2 ** (attempt - 1)
-            sleep(delay * (0.5 + random.random()))
+                multipart = len(digest.parts_sha256) > 1
+                yield (
+                    todo[item.key],
+                    TransferResult(
+                        item,
+                        ok=True,
+                        etag=info.etag,
+                        sha256=digest.sha256,
+                        part_size=digest.part_size if multipart else None,
+                        parts=digest.parts_sha256 if multipart else (),
+                        proof="etag",
+                    ),
+                )
+
+
+def _failed(item: TransferItem, text: str, *, reason: str | None = None) -> TransferResult:
+    return TransferResult(
+        item,
+        ok=False,
+        error=redact(f"PUT {item.key}: {text}"),
+        retryable=reason is None,
+        reason=reason,
+    )
+
+
+def _read_error(exc: BaseException) -> str:
+    if isinstance(exc, FileChanged):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    return str(exc)
+
+
+def _corrupt_text(actual: str, job: _Job) -> str:
+    return (
+        f"the file's SHA-256 is {actual}, the release published {job.entry.sha256}: "
+        "corrupt or changed at the source, not uploaded"
+    )
+
+
+def _configure(backend: transfer.TransferBackend, options: UploadOptions) -> Concurrency:
+    """Part size and the adaptive concurrency limit, the same for either backend."""
+    if hasattr(backend, "part_size_mib"):
+        backend.part_size_mib = options.part_size // MiB  # type: ignore[attr-defined]
+    if hasattr(backend, "multipart_threshold"):
+        backend.multipart_threshold = options.part_size  # type: ignore[attr-defined]
+        backend.multipart_chunksize = options.part_size  # type: ignore[attr-defined]
+    limiter = Concurrency(options.workers)
+    backend.concurrency = limiter
+    return limiter
 
 
 def upload(
@@ -241,8 +608,11 @@ def upload(
 
     Raises :class:`IncompleteError` (after recording everything) when files failed.
     """
+    from desimirror.prune import prune_gone
     from desimirror.s3client import check_bucket, make_client
 
+    if options.adopt not in ADOPT_MODES:
+        raise UsageError(f"--adopt must be one of {', '.join(ADOPT_MODES)}")
     progress = progress or NullProgress()
     root = manifest.root
     if root is None:
@@ -261,19 +631,42 @@ def upload(
     if collision:
         a, b, key = collision
         raise UsageError(f"remap makes {a!r} and {b!r} share the key {key!r}; fix --remap")
-    check_bucket(make_client(options.target), options.target.bucket)
+    client = make_client(options.target, max_pool_connections=32)
+    check_bucket(client, options.target.bucket, sleep=sleep)
     pin_target(manifest, options.target.bucket, keymap)
 
-    summary = UploadSummary(bucket=options.target.bucket, backend=options.backend)
+    summary = UploadSummary(
+        bucket=options.target.bucket, backend=options.backend, adopt_mode=options.adopt
+    )
+    summary.checksums = sync_published(manifest, root).as_dict()
+    if options.adopt == "size":
+        summary.warnings.append(
+            "--adopt size: objects of the right size were recorded without checking their "
+            "content; run 'desimirror verify --checksum' to prove them"
+        )
     summary.batches_total = len(batches)
     totals = manifest.totals(subdir)
     progress.start("upload", totals["pending_files"], totals["pending_bytes"])
     run_id = manifest.begin_upload_run()
     recorder = _Recorder(manifest, run_id, summary)
     backend = transfer.get(options.backend, options.target, options.workers)
+    limiter = _configure(backend, options)
+    hasher = Prehasher(options.hash_threads)
+    lookup = ObjectLookup(client, options.target.bucket, workers=16, sleep=sleep)
+    uploader = _Uploader(
+        options=options,
+        root=root,
+        keymap=keymap,
+        backend=backend,
+        lookup=lookup,
+        hasher=hasher,
+        recorder=recorder,
+        progress=progress,
+        sleep=sleep,
+    )
     started = time.monotonic()
     try:
-        for batch_id, _nbytes, _nfiles, paths in batches:
+        for number, (batch_id, _nbytes, _nfiles, paths) in enumerate(batches):
             pending = manifest.pending_in(paths)
             if not pending:
                 summary.batches_done += 1
@@ -283,18 +676,27 @@ def upload(
                 summary.stopped_early = True
                 break
             summary.batches_run += 1
-            _send_batch(backend, root, pending, keymap, recorder, progress, options, sleep)
+            more = options.max_batches is None or summary.batches_run < options.max_batches
+            if more and number + 1 < len(batches):
+                uploader.prefetch(manifest.pending_in(batches[number + 1][3]))
+            uploader.batch(pending)
             if not manifest.pending_in(paths):
                 summary.batches_done += 1
                 manifest.mark_batch_complete(batch_id)
     finally:
         recorder.commit()
         backend.close()
+        hasher.close()
         progress.close()
         summary.seconds = time.monotonic() - started
+        summary.bytes_hashed, summary.hash_seconds = hasher.bytes, hasher.seconds
+        summary.concurrency = limiter.as_dict()
+    prune_gone(manifest, keymap, lookup, summary, delete=options.delete)
     after = manifest.totals(subdir)
     summary.pending_files, summary.pending_bytes = after["pending_files"], after["pending_bytes"]
     if summary.files_failed or summary.files_changed or summary.files_unsafe:
+        raise IncompleteError(_incomplete_message(summary), report=summary.as_dict())
+    if summary.files_corrupt:
         raise IncompleteError(_incomplete_message(summary), report=summary.as_dict())
     return summary
 
@@ -303,6 +705,8 @@ def _incomplete_message(summary: UploadSummary) -> str:
     parts = []
     if summary.files_failed:
         parts.append(f"{summary.files_failed} failed")
+    if summary.files_corrupt:
+        parts.append(f"{summary.files_corrupt} do not match their published SHA-256 (corrupt)")
     if summary.files_changed:
         parts.append(f"{summary.files_changed} changed since the crawl (re-crawl)")
     if summary.files_unsafe:

@@ -6,24 +6,40 @@ objects is checked in bounded memory. The report sorts problems as ``rclone chec
 missing (in the manifest, not in the bucket), differ (size mismatch), unexpected (in the
 bucket under the mirror's prefixes, not in the manifest). A file recorded as uploaded
 whose object is missing or wrong is returned to pending, so the next upload repairs it.
+
+With ``--checksum`` every object of the right size (or a random ``--sample`` of them) is
+also proven by content (:mod:`desimirror.content`): objects whose bytes differ from the
+file's reference SHA-256 are reported as ``corrupt`` and returned to pending as well.
+The mirror's own metadata (the published manifest under ``PREFIX/.desimirror/``) is not
+"unexpected".
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TextIO
 
-from desimirror.errors import IncompleteError
+from desimirror.content import Candidate, ContentChecker
+from desimirror.errors import IncompleteError, redact
 from desimirror.keys import KeyMap
 from desimirror.manifest import Manifest
 from desimirror.progress import NullProgress, Progress
 from desimirror.transfer import S3Target
 
 Problem = Literal["missing", "differ", "unexpected"]
-SIGILS: dict[Problem, str] = {"missing": "-", "differ": "*", "unexpected": "+"}
+SIGILS: dict[str, str] = {
+    "missing": "-",
+    "differ": "*",
+    "unexpected": "+",
+    "corrupt": "!",
+    "unproven": "?",
+}
 EXAMPLES = 20
+#: Keys under ``PREFIX/`` + this hold the mirror's own metadata, not release files.
+META_DIR = ".desimirror/"
 
 
 @dataclass
@@ -41,10 +57,18 @@ class VerifyReport:
     unexpected: int = 0
     returned_to_pending: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
+    checksum: bool = False
+    sample: float = 1.0
+    content_checked: int = 0
+    content_ok: int = 0
+    corrupt: int = 0
+    unproven: int = 0
+    proven_by: dict[str, int] = field(default_factory=dict)
+    bytes_reread: int = 0
 
     @property
     def complete(self) -> bool:
-        return self.missing == 0 and self.differ == 0
+        return self.missing == 0 and self.differ == 0 and self.corrupt == 0 and self.unproven == 0
 
     def as_dict(self) -> dict[str, object]:
         return {**self.__dict__, "complete": self.complete}
@@ -91,8 +115,17 @@ _QUERIES: dict[Problem, str] = {
     "differ": "SELECT e.key, e.path FROM temp.expected e JOIN temp.listed l"
     " ON l.key = e.key WHERE l.size != e.size ORDER BY e.key",
     "unexpected": "SELECT l.key, NULL FROM temp.listed l LEFT JOIN temp.expected e"
-    " ON e.key = l.key WHERE e.key IS NULL ORDER BY l.key",
+    " ON e.key = l.key WHERE e.key IS NULL AND NOT (l.key GLOB ?) ORDER BY l.key",
 }
+_CANDIDATES = (
+    "SELECT e.key, e.path, e.size, l.etag, n.sha256, u.etag, u.sha256, u.part_size, u.parts,"
+    " u.proof FROM temp.expected e JOIN temp.listed l ON l.key = e.key AND l.size = e.size"
+    " JOIN entries n ON n.path = e.path LEFT JOIN uploads u ON u.path = e.path ORDER BY e.key"
+)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def compare(
@@ -104,14 +137,20 @@ def compare(
     subdir: str = "",
     report_file: Path | None = None,
     progress: Progress | None = None,
+    content: ContentChecker | None = None,
+    sample: float = 1.0,
+    rng: random.Random | None = None,
 ) -> VerifyReport:
     """Compare the manifest with a listing; ``list_objects(prefix)`` yields (key, size, etag).
 
-    Returns the report and returns files whose object is missing or differs to pending.
+    With ``content``, also prove the content of (a ``sample`` fraction of) the objects of
+    the right size. Returns the report; files whose object is missing, differs or is
+    corrupt are returned to pending.
     """
     progress = progress or NullProgress()
     prefixes = keymap.list_prefixes(subdir)
-    report = VerifyReport(bucket=bucket, prefixes=prefixes)
+    report = VerifyReport(bucket=bucket, prefixes=prefixes, checksum=content is not None)
+    report.sample = sample
     report.expected_files, report.expected_bytes = _load_expected(manifest, keymap, subdir)
     progress.start("list", report.expected_files, report.expected_bytes)
     try:
@@ -124,10 +163,13 @@ def compare(
     sink = report_file.open("w", encoding="utf-8") if report_file else None
     try:
         bad_paths: list[str] = []
+        mismatched: list[tuple[str, str]] = []
+        meta_glob = _glob_escape(keymap.prefix + "/" + META_DIR) + "*"
         for problem, query in _QUERIES.items():
             count = 0
             examples: list[str] = []
-            for key, path in conn.execute(query):
+            args = (meta_glob,) if problem == "unexpected" else ()
+            for key, path in conn.execute(query, args):
                 count += 1
                 if len(examples) < EXAMPLES:
                     examples.append(key)
@@ -137,16 +179,58 @@ def compare(
                     sink.write(f"{SIGILS[problem]} {key}\n")
             setattr(report, problem, count)
             report.examples[problem] = examples
+        if content is not None:
+            mismatched = _check_content(manifest, report, content, sample, rng, sink)
+            bad_paths.extend(path for path, _ in mismatched)
     finally:
         if sink:
             sink.close()
-    report.matched = report.expected_files - report.missing - report.differ
+    report.matched = report.expected_files - report.missing - report.differ - report.corrupt
     with manifest.atomic():
         cur = conn.executemany("DELETE FROM uploads WHERE path = ?", ((p,) for p in bad_paths))
         report.returned_to_pending = cur.rowcount if cur.rowcount > 0 else 0
+        # remembered until an upload replaces the object: status shows it, and an upload
+        # never adopts such an object again by its size alone
+        for path, message in mismatched:
+            manifest.record_failure(path, "mismatch", message)
     conn.execute("DROP TABLE temp.expected")
     conn.execute("DROP TABLE temp.listed")
     return report
+
+
+def _check_content(
+    manifest: Manifest,
+    report: VerifyReport,
+    checker: ContentChecker,
+    sample: float,
+    rng: random.Random | None,
+    sink: TextIO | None,
+) -> list[tuple[str, str]]:
+    """Run the content checks; count them into ``report``; (path, why) of those corrupt."""
+    rng = rng or random.Random()
+    rows = manifest.conn.execute(_CANDIDATES).fetchall()
+    chosen = [Candidate(*row) for row in rows if sample >= 1.0 or rng.random() < sample]
+    bad: list[tuple[str, str]] = []
+    report.examples["corrupt"], report.examples["unproven"] = [], []
+    for verdict in checker.run(chosen):
+        c = verdict.candidate
+        report.content_checked += 1
+        if verdict.ok:
+            report.content_ok += 1
+            report.proven_by[verdict.method] = report.proven_by.get(verdict.method, 0) + 1
+            continue
+        problem = "corrupt" if verdict.ok is False else "unproven"
+        setattr(report, problem, getattr(report, problem) + 1)
+        if len(report.examples[problem]) < EXAMPLES:
+            report.examples[problem].append(f"{c.key}: {redact(verdict.message)}")
+        if sink:
+            sink.write(f"{SIGILS[problem]} {c.key}\n")
+        if verdict.ok is False:
+            bad.append(
+                (c.path, redact(f"verify: the object differs from the file: {verdict.message}"))
+            )
+    report.bytes_reread = checker.bytes_read
+    return bad
 
 
 def verify(
@@ -158,12 +242,25 @@ def verify(
     strict: bool = False,
     report_file: Path | None = None,
     progress: Progress | None = None,
+    checksum: bool = False,
+    sample: float = 1.0,
+    reread: bool = False,
+    workers: int = 16,
 ) -> VerifyReport:
-    """List the bucket under the mirror's prefixes and compare; raise if incomplete."""
+    """List the bucket under the mirror's prefixes and compare; raise if incomplete.
+
+    ``checksum`` proves content too (see :mod:`desimirror.content`); ``sample`` checks a
+    random fraction of the objects; ``reread`` hashes every checked object's bytes.
+    """
     from desimirror.s3client import check_bucket, list_objects, make_client
 
-    client = make_client(target)
+    client = make_client(target, max_pool_connections=workers + 2)
     check_bucket(client, target.bucket)
+    checker = None
+    if checksum or reread:
+        checker = ContentChecker(
+            client, target.bucket, root=manifest.root, reread=reread, workers=workers
+        )
     report = compare(
         manifest,
         keymap,
@@ -172,6 +269,8 @@ def verify(
         subdir=subdir,
         report_file=report_file,
         progress=progress,
+        content=checker,
+        sample=sample,
     )
     if not report.complete or (strict and report.unexpected):
         raise IncompleteError(_summary_line(report), report=report.as_dict())
@@ -179,7 +278,11 @@ def verify(
 
 
 def _summary_line(report: VerifyReport) -> str:
+    content = ""
+    if report.checksum:
+        content = f", {report.corrupt:,} corrupt, {report.unproven:,} unproven"
     return (
-        f"mirror incomplete: {report.missing:,} missing, {report.differ:,} differ in size, "
-        f"{report.unexpected:,} unexpected, of {report.expected_files:,} expected objects"
+        f"mirror incomplete: {report.missing:,} missing, {report.differ:,} differ in size"
+        f"{content}, {report.unexpected:,} unexpected, of {report.expected_files:,} "
+        "expected objects"
     )

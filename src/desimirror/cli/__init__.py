@@ -11,7 +11,19 @@ import sys
 import click
 
 from desimirror import __version__
-from desimirror.cli import crawl, demo, env, jupyter, mount, plan, status, synth, upload, verify
+from desimirror.cli import (
+    crawl,
+    demo,
+    env,
+    jupyter,
+    manifest,
+    mount,
+    plan,
+    status,
+    synth,
+    upload,
+    verify,
+)
 from desimirror.errors import DesimirrorError, redact
 
 
@@ -24,7 +36,7 @@ def cli() -> None:
     """
 
 
-for module in (synth, crawl, plan, upload, verify, status, demo, mount, env, jupyter):
+for module in (synth, crawl, plan, upload, verify, status, manifest, demo, mount, env, jupyter):
     cli.add_command(module.command)
 cli.add_command(mount.unmount_command)
 

@@ -32,7 +32,8 @@ _SHOWN_ERRORS = 5
     type=click.IntRange(min=1),
     default=DEFAULT_WORKERS,
     show_default=True,
-    help="Directories listed in parallel (network filesystems like many).",
+    help="Threads listing directories, at most; how many are busy adapts to the filesystem "
+    "(a network filesystem wants many, a local disk one or two).",
 )
 @click.option(
     "--json",

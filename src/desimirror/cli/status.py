@@ -31,6 +31,16 @@ def _lines(r: dict) -> list[str]:
     ]
     for reason, count in sorted(r["failed"].items()):
         lines.append(f"failed   {count:>12,} files  ({reason})")
+    if r["proof"]:
+        proven = ", ".join(f"{n:,} by {how}" for how, n in sorted(r["proof"].items()))
+        lines.append(
+            f"content  {proven}"
+            + (f"; {r['adopted_files']:,} adopted" if r["adopted_files"] else "")
+        )
+    if r["gone_files"]:
+        lines.append(
+            f"gone     {r['gone_files']:>12,} files mirrored earlier, gone from the source"
+        )
     for failure in r["failures"][:5]:
         lines.append(f"  {failure['path']}: {failure['error']}")
     if r["bytes_per_second"]:

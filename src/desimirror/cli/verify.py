@@ -23,6 +23,32 @@ from desimirror.verify import VerifyReport, verify
 )
 @click.option("--strict", is_flag=True, help="Also fail on unexpected objects under the prefixes.")
 @click.option(
+    "--checksum",
+    is_flag=True,
+    help="Prove content too: each object's checksum (or ETag) against the file's SHA-256, "
+    "re-reading objects that carry none.",
+)
+@click.option(
+    "--sample",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="FRACTION",
+    help="With --checksum: check only this random fraction of the objects.",
+)
+@click.option(
+    "--reread",
+    is_flag=True,
+    help="With --checksum: read every checked object back and hash its bytes.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    help="Objects checked at once.",
+)
+@click.option(
     "--report",
     "report_file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -37,14 +63,22 @@ def command(
     no_sign_request: bool,
     subdir: str | None,
     strict: bool,
+    checksum: bool,
+    sample: float,
+    reread: bool,
+    workers: int,
     report_file: Path | None,
     json_output: bool,
 ) -> None:
-    """Compare the bucket listing with the manifest: missing, size-mismatched, unexpected.
+    """Compare the bucket listing with the manifest: missing, size-mismatched, unexpected;
+    with --checksum, content that differs from the file's SHA-256 too.
 
-    Exits 0 only when every expected object is present with the right size. Files found
-    missing or wrong are returned to pending, so 'desimirror upload' repairs them.
+    Exits 0 only when every expected object is present with the right size (and, with
+    --checksum, proven content). Files found missing or wrong are returned to pending, so
+    'desimirror upload' repairs them.
     """
+    if (sample < 1.0 or reread) and not checksum:
+        raise UsageError("--sample and --reread go with --checksum")
     target, _ = make_target(bucket, endpoint_url, no_sign_request)
     with Manifest.open(db) as manifest:
         pinned_bucket, keymap = pinned_keymap(manifest)
@@ -60,6 +94,10 @@ def command(
                 strict=strict,
                 report_file=report_file,
                 progress=for_terminal(json_output),
+                checksum=checksum,
+                sample=sample,
+                reread=reread,
+                workers=workers,
             )
         except DesimirrorError as exc:
             if exc.report:
@@ -80,11 +118,20 @@ def _lines(r: VerifyReport) -> list[str]:
         f"matched {r.matched:,}, missing {r.missing:,}, differ {r.differ:,}, "
         f"unexpected {r.unexpected:,}",
     ]
-    for problem in ("missing", "differ", "unexpected"):
+    if r.checksum:
+        methods = ", ".join(f"{n:,} by {m}" for m, n in sorted(r.proven_by.items())) or "none"
+        sampled = f" (a {r.sample:g} sample)" if r.sample < 1.0 else ""
+        lines.append(
+            f"content: checked {r.content_checked:,}{sampled}, proven {r.content_ok:,} "
+            f"({methods}), corrupt {r.corrupt:,}, unproven {r.unproven:,}"
+        )
+    for problem in ("missing", "differ", "corrupt", "unproven", "unexpected"):
         for key in r.examples.get(problem, [])[:5]:
             lines.append(f"  {problem}: {key}")
     if r.returned_to_pending:
         lines.append(f"{r.returned_to_pending:,} files returned to pending: run upload again")
-    if r.complete:
+    if r.complete and r.checksum:
+        lines.append("verified: the bucket holds every file of the mirror, content proven")
+    elif r.complete:
         lines.append("verified: the bucket holds every file of the mirror")
     return lines

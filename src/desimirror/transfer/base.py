@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from desimirror.throttle import Concurrency
+
 
 @dataclass(frozen=True)
 class S3Target:
@@ -33,21 +35,44 @@ class TransferItem:
     source: str  # absolute local path to read
     key: str  # object key, without the bucket
     size: int  # expected size in bytes
+    sha256: str | None = None  # hex SHA-256 the bytes must have (published), if known
 
 
 @dataclass(frozen=True)
 class TransferResult:
+    """The outcome for one item.
+
+    On success, backends that send checksums also say what the object holds: ``sha256``
+    (hex, whole file), and for a multipart object ``part_size`` and the parts' base64
+    SHA-256s, and ``proof`` (see :class:`desimirror.manifest.UploadRecord`). On failure,
+    ``reason`` is ``"corrupt"`` when the file's bytes do not match ``item.sha256`` (never
+    worth a retry), and ``throttled`` marks a refusal by a store asking to slow down.
+    """
+
     item: TransferItem
     ok: bool
     etag: str | None = None
     error: str | None = None
     retryable: bool = field(default=True)
+    sha256: str | None = None
+    part_size: int | None = None
+    parts: tuple[str, ...] = ()
+    proof: str | None = None
+    reason: str | None = None
+    throttled: bool = False
 
 
 class TransferBackend(Protocol):
-    """Sends batches of files to one :class:`S3Target`."""
+    """Sends batches of files to one :class:`S3Target`.
+
+    ``sends_checksums`` says whether the backend sends SHA-256 with every object and reports
+    it (native); if not (s5cmd), the uploader hashes files itself and compares ETags.
+    ``concurrency``, when the uploader sets it, is the adaptive limit on transfers in flight.
+    """
 
     name: str
+    sends_checksums: bool
+    concurrency: Concurrency
 
     def put_batch(self, items: Sequence[TransferItem]) -> Iterator[TransferResult]:
         """Upload ``items``; yield one result per item as each finishes."""

@@ -1,47 +1,99 @@
-"""The native backend: boto3 and s3transfer in a thread pool, no external binary.
+"""The native backend: boto3 in a thread pool, no external binary, SHA-256 on every object.
 
-It needs nothing but the Python environment, and it is where per-object options live that
-s5cmd cannot send (S3 additional checksums are planned: see :meth:`NativeBackend.extra_args`).
+Every object goes up with a SHA-256 that the store checks against the bytes it received,
+and every file is read once:
 
-Small files go up with one ``PutObject`` each, which returns the ETag. Files larger than
-``multipart_threshold`` go through one shared s3transfer ``TransferManager`` (so all large
-files together keep at most ``multipart_concurrency`` parts in flight), then a
-``HeadObject`` confirms the size and fetches the ETag. Threshold and part size equal
-s5cmd's part size, so both backends produce the same ETag for the same file.
+* A file whose SHA-256 the release published is sent with ``ChecksumSHA256`` set to that
+  digest, so the store refuses (BadDigest) bytes that differ from what DESI published. The
+  bytes are hashed as the client reads them (:class:`~desimirror.checksums.HashingReader`),
+  which tells a refusal apart: bytes that differ from the published digest mean the file is
+  corrupt at the source (reported with ``reason="corrupt"``, never retried); bytes that
+  match mean damage in transit (retried).
+* A file without one is sent with ``ChecksumAlgorithm="SHA256"``: botocore computes the
+  digest from the bytes it sends (a trailer on HTTPS, so one pass; a header on plain HTTP)
+  and the store checks it. The reader's digest must equal the one the store returns; it
+  becomes the file's checksum in the manifest.
+* A file larger than ``multipart_threshold`` is sent in parts by this module rather than
+  s3transfer, because the parts must be read in order for the whole-file SHA-256 to come
+  out of the same single read: each part is hashed and sent with its own
+  ``ChecksumSHA256`` (checked by the store), and the upload is completed only if the
+  whole-file digest matches the published one; otherwise it is aborted, so a corrupt file
+  never becomes an object. The result carries the part size and the parts' digests, from
+  which the object's COMPOSITE checksum (``base64(sha256(part digests))-N``) is recomputed.
+  At most ``multipart_concurrency`` parts are held in memory across all large files.
 
+Concurrency adapts: each file transfer holds a slot of :attr:`NativeBackend.concurrency`,
+and every throttling answer botocore sees (also those it retries itself) lowers the limit.
 Each request gets only a few attempts (see :mod:`desimirror.s3client`); a file that still
 fails is reported with ``retryable`` set from the error class, and the uploader retries it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import random
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
 
-from desimirror.s3client import describe_error, make_client, one_line, strip_etag
+from desimirror.checksums import (
+    HashingReader,
+    b64_of_hex,
+    composite_sha256,
+    hash_file,
+    hex_of_b64,
+    open_source,
+)
+from desimirror.s3client import (
+    describe_error,
+    error_code,
+    is_throttle,
+    make_client,
+    one_line,
+    strip_etag,
+)
+from desimirror.throttle import Concurrency
 from desimirror.transfer.base import S3Target, TransferItem, TransferResult
 
 MiB = 1 << 20
 _MAX_KEY_BYTES = 1024
+_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
 
 
 class _Refused(Exception):
     """A file that must not be sent as it is; never worth another attempt."""
 
 
+class _Corrupt(_Refused):
+    """The file's bytes differ from its published SHA-256."""
+
+
+class _Changed(_Refused):
+    """The file is not the size it had at the crawl."""
+
+
+class _Cancelled(Exception):
+    """Stopped because the backend closes or another part of the same file failed."""
+
+
 class NativeBackend:
     """Uploads batches with boto3 from a thread pool; see the module docstring."""
 
     name = "native"
+    sends_checksums = True
     #: Files larger than this are sent in parts (equal to s5cmd's part size, so that a file
     #: gets the same ETag from both backends).
     multipart_threshold = 50 * MiB
     multipart_chunksize = 50 * MiB
-    #: Parts in flight across all large files of the backend at once.
+    #: Parts in flight (and in memory) across all large files of the backend at once.
     multipart_concurrency = 8
+    #: Attempts per part; a part is in memory, so retrying it is cheap and safe.
+    part_attempts = 4
+    part_backoff = 0.5
     #: Client settings; read when the client is built, at the first batch.
     max_attempts = 3
     connect_timeout = 10.0
@@ -50,17 +102,18 @@ class NativeBackend:
     def __init__(self, target: S3Target, workers: int) -> None:
         self.target = target
         self.workers = max(1, int(workers))
+        self.concurrency = Concurrency(self.workers)
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self._client: Any = None
         self._pool: ThreadPoolExecutor | None = None
-        self._manager: Any = None
+        self._parts: ThreadPoolExecutor | None = None
+        self._part_slots: threading.BoundedSemaphore | None = None
 
-    def _start(self) -> tuple[ThreadPoolExecutor, Any, Any]:
-        """The pool, client and transfer manager, built on first use (cheap constructor)."""
+    def _start(self) -> tuple[ThreadPoolExecutor, Any]:
+        """The pools and the client, built on first use (cheap constructor)."""
         with self._lock:
             if self._pool is None:
-                from boto3.s3.transfer import TransferConfig, TransferManager
-
                 self._client = make_client(
                     self.target,
                     max_pool_connections=self.workers + self.multipart_concurrency + 2,
@@ -68,24 +121,32 @@ class NativeBackend:
                     read_timeout=self.read_timeout,
                     max_attempts=self.max_attempts,
                 )
-                config = TransferConfig(
-                    multipart_threshold=self.multipart_threshold,
-                    multipart_chunksize=self.multipart_chunksize,
-                    max_concurrency=self.multipart_concurrency,
-                    use_threads=True,
+                self._client.meta.events.register_first("needs-retry.s3", self._observe)
+                self._part_slots = threading.BoundedSemaphore(self.multipart_concurrency)
+                self._parts = ThreadPoolExecutor(
+                    self.multipart_concurrency, thread_name_prefix="desimirror-part"
                 )
-                self._manager = TransferManager(self._client, config)
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="desimirror-put")
-            return self._pool, self._client, self._manager
+            return self._pool, self._client
+
+    def _observe(self, response: Any = None, **_: Any) -> None:
+        """botocore hook run after every attempt: tell the limiter about throttling."""
+        if response is None:
+            return None
+        http, parsed = response
+        code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        if is_throttle(code, getattr(http, "status_code", None)):
+            self.concurrency.throttled()
+        return None  # never decide about the retry: botocore's own handler does
 
     def put_batch(self, items: Sequence[TransferItem]) -> Iterator[TransferResult]:
         """Upload ``items`` concurrently; yield one result per item as each finishes."""
         items = list(items)
         if not items:
             return
-        pool, client, manager = self._start()
+        pool, client = self._start()
         futures: dict[Future, TransferItem] = {
-            pool.submit(self._put, item, client, manager): item for item in items
+            pool.submit(self._put, item, client): item for item in items
         }
         try:
             for future in as_completed(futures):
@@ -103,61 +164,268 @@ class NativeBackend:
             text, retryable = describe_error(exc)
             return self._failure(item, text, retryable=retryable)
 
-    def _failure(self, item: TransferItem, text: str, *, retryable: bool) -> TransferResult:
+    def _failure(
+        self,
+        item: TransferItem,
+        text: str,
+        *,
+        retryable: bool,
+        reason: str | None = None,
+        throttled: bool = False,
+    ) -> TransferResult:
         message = one_line(f"PUT {self.target.url(item.key)}: {text}")
-        return TransferResult(item, ok=False, error=message, retryable=retryable)
+        return TransferResult(
+            item, ok=False, error=message, retryable=retryable, reason=reason, throttled=throttled
+        )
 
-    def _put(self, item: TransferItem, client: Any, manager: Any) -> TransferResult:
+    def _put(self, item: TransferItem, client: Any) -> TransferResult:
+        if self._closing.is_set():
+            return self._failure(item, "cancelled: the backend was closed", retryable=True)
+        with self.concurrency.slot():
+            result = self._put_now(item, client)
+        self.concurrency.completed(result.ok)
+        return result
+
+    def _put_now(self, item: TransferItem, client: Any) -> TransferResult:
         try:
             _check_key(item.key)
             if item.size > self.multipart_threshold:  # as s5cmd: one full part is one PUT
-                etag = self._put_large(item, client, manager)
-            else:
-                etag = self._put_small(item, client)
+                return self._put_large(item, client)
+            return self._put_small(item, client)
+        except _Corrupt as exc:
+            return self._failure(item, str(exc), retryable=False, reason="corrupt")
+        except _Changed as exc:
+            return self._failure(item, str(exc), retryable=False, reason="changed")
         except _Refused as exc:
             return self._failure(item, str(exc), retryable=False)
+        except _Cancelled as exc:
+            return self._failure(item, f"cancelled: {exc}", retryable=True)
         except Exception as exc:
             text, retryable = describe_error(exc)
-            return self._failure(item, text, retryable=retryable)
-        return TransferResult(item, ok=True, etag=etag)
+            code, status = error_code(exc)
+            throttled = is_throttle(code, status)
+            return self._failure(item, text, retryable=retryable, throttled=throttled)
 
-    def extra_args(self, item: TransferItem) -> dict[str, Any]:  # noqa: ARG002 - planned use
-        """Per-object request parameters; the place where ``ChecksumSHA256`` will go."""
-        return {}
+    def extra_args(self, item: TransferItem) -> dict[str, Any]:
+        """The checksum parameters of a PutObject: the published digest, else SHA-256."""
+        if item.sha256:
+            return {"ChecksumSHA256": b64_of_hex(item.sha256)}
+        return {"ChecksumAlgorithm": "SHA256"}
 
-    def _put_small(self, item: TransferItem, client: Any) -> str:
-        with open(item.source, "rb") as body:
-            _check_size(os.fstat(body.fileno()).st_size, item)
-            response = client.put_object(
-                Bucket=self.target.bucket, Key=item.key, Body=body, **self.extra_args(item)
-            )
-        return strip_etag(response.get("ETag"))
+    # -- single-part ----------------------------------------------------------------------
 
-    def _put_large(self, item: TransferItem, client: Any, manager: Any) -> str:
+    def _put_small(self, item: TransferItem, client: Any) -> TransferResult:
+        with open_source(item.source) as stream:
+            _check_size(os.fstat(stream.fileno()).st_size, item)
+            reader = HashingReader(stream, item.size)
+            try:
+                response = client.put_object(
+                    Bucket=self.target.bucket, Key=item.key, Body=reader, **self.extra_args(item)
+                )
+            except Exception as exc:
+                code, _ = error_code(exc)
+                if item.sha256 and code in _DIGEST_CODES:
+                    self._raise_if_corrupt(item, reader.hexdigest())
+                raise
+            sent = reader.hexdigest()
+        stored = hex_of_b64(response.get("ChecksumSHA256") or "")
+        if item.sha256 and sent is not None and sent != item.sha256:
+            # a store that does not check checksums took bytes that differ from the release
+            raise _Corrupt(_corrupt_text(item, sent) + "; the store did not refuse them")
+        digest = item.sha256 or sent or stored
+        if stored is not None and digest is not None and stored != digest:
+            raise RuntimeError(f"the store reports SHA-256 {stored}, the file has {digest}")
+        proof = "sha256" if stored is not None else "none"
+        etag = strip_etag(response.get("ETag"))
+        return TransferResult(item, ok=True, etag=etag, sha256=digest, proof=proof)
+
+    def _raise_if_corrupt(self, item: TransferItem, sent: str | None) -> None:
+        """After a digest refusal: is the file itself wrong, or were bytes damaged on the way?
+
+        A file that changed size since the crawl (written to while being sent) is reported
+        as changed, not corrupt: a re-crawl settles it.
+        """
         _check_size(os.stat(item.source).st_size, item)
-        future = manager.upload(
-            item.source, self.target.bucket, item.key, extra_args=self.extra_args(item)
-        )
-        future.result()
-        head = client.head_object(Bucket=self.target.bucket, Key=item.key)
+        actual = sent or hash_file(item.source, self.multipart_chunksize, md5=False).sha256
+        if actual != item.sha256:
+            raise _Corrupt(_corrupt_text(item, actual))
+
+    # -- multipart ------------------------------------------------------------------------
+
+    def _put_large(self, item: TransferItem, client: Any) -> TransferResult:
+        bucket, key = self.target.bucket, item.key
+        with open_source(item.source) as stream:
+            _check_size(os.fstat(stream.fileno()).st_size, item)
+            created = client.create_multipart_upload(
+                Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256"
+            )
+            upload_id = created["UploadId"]
+            try:
+                parts, whole = self._send_parts(stream, item, client, upload_id)
+                if item.sha256 and whole != item.sha256:
+                    raise _Corrupt(_corrupt_text(item, whole) + "; the upload was aborted")
+                done = client.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+            except BaseException:
+                self._abort(client, key, upload_id)
+                raise
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         length = int(head.get("ContentLength", -1))
         if length != item.size:
-            raise _Refused(f"the object has {length} bytes, expected {item.size}: file changed")
-        return strip_etag(head.get("ETag"))
+            raise _Changed(f"the object has {length} bytes, expected {item.size}: file changed")
+        digests = tuple(p["ChecksumSHA256"] for p in parts)
+        composite = composite_sha256(digests)
+        stored = head.get("ChecksumSHA256") or done.get("ChecksumSHA256")
+        if stored and stored != composite:
+            raise RuntimeError(f"the store reports checksum {stored}, the parts give {composite}")
+        return TransferResult(
+            item,
+            ok=True,
+            etag=strip_etag(head.get("ETag") or done.get("ETag")),
+            sha256=whole,
+            part_size=self.multipart_chunksize,
+            parts=digests,
+            proof="composite" if stored else "none",
+        )
+
+    def _send_parts(
+        self, stream: Any, item: TransferItem, client: Any, upload_id: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Read the file once, in order; send its parts concurrently; (parts, whole SHA-256)."""
+        parts_pool, slots = self._parts, self._part_slots
+        assert parts_pool is not None
+        assert slots is not None
+        whole = hashlib.sha256()
+        failed = threading.Event()
+        futures: list[Future] = []
+        total = 0
+        try:
+            while not failed.is_set():
+                if self._closing.is_set():
+                    raise _Cancelled("the backend was closed")
+                slots.acquire()
+                try:
+                    data = _read_exact(stream, self.multipart_chunksize)
+                except BaseException:
+                    slots.release()
+                    raise
+                if not data:
+                    slots.release()
+                    break
+                total += len(data)
+                whole.update(data)
+                digest = hashlib.sha256(data).digest()
+                futures.append(
+                    parts_pool.submit(
+                        self._send_part,
+                        client,
+                        item,
+                        upload_id,
+                        len(futures) + 1,
+                        data,
+                        digest,
+                        failed,
+                    )
+                )
+                if len(data) < self.multipart_chunksize:
+                    break
+            wait(futures)
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:  # the root cause, not the parts that stopped because of it
+                raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])
+            parts = [future.result() for future in futures]
+        except BaseException:
+            failed.set()
+            for future in futures:
+                if future.cancel():  # never started: its slot is still taken
+                    slots.release()
+            raise
+        if total != item.size:
+            raise _Changed(f"read {total} bytes, expected {item.size}: file changed")
+        return parts, whole.hexdigest()
+
+    def _send_part(
+        self,
+        client: Any,
+        item: TransferItem,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        digest: bytes,
+        failed: threading.Event,
+    ) -> dict[str, Any]:
+        """Send one part (retrying transient failures); frees its memory slot at the end."""
+        assert self._part_slots is not None
+        b64 = b64_of_hex(digest.hex())
+        try:
+            for attempt in range(1, self.part_attempts + 1):
+                if failed.is_set() or self._closing.is_set():
+                    raise _Cancelled("another part of the file failed")
+                try:
+                    response = client.upload_part(
+                        Bucket=self.target.bucket,
+                        Key=item.key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=data,
+                        ChecksumSHA256=b64,
+                    )
+                except Exception as exc:
+                    _, retryable = describe_error(exc)
+                    if not retryable or attempt == self.part_attempts:
+                        failed.set()  # stop reading further parts of this file
+                        raise
+                    time.sleep(self.part_backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
+                    continue
+                returned = response.get("ChecksumSHA256")
+                if returned and returned != b64:
+                    raise RuntimeError(f"part {number}: the store reports checksum {returned}")
+                return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": b64}
+            raise RuntimeError("unreachable")  # pragma: no cover
+        finally:
+            self._part_slots.release()
+
+    def _abort(self, client: Any, key: str, upload_id: str) -> None:
+        """Best effort: an aborted upload stores nothing (a bucket lifecycle rule is the net)."""
+        with contextlib.suppress(Exception):  # the failure being handled matters more
+            client.abort_multipart_upload(Bucket=self.target.bucket, Key=key, UploadId=upload_id)
 
     def close(self) -> None:
-        """Drop queued uploads, cancel multipart uploads in flight, release connections."""
+        """Drop queued uploads, stop multipart uploads in flight, release connections."""
+        self._closing.set()
         with self._lock:
-            pool, manager, client = self._pool, self._manager, self._client
-            self._pool = self._manager = self._client = None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        if manager is not None:
-            manager.shutdown(cancel=True, cancel_msg="the backend was closed")
-        if pool is not None:
-            pool.shutdown(wait=True)
+            pool, parts, client = self._pool, self._parts, self._client
+            self._pool = self._parts = self._client = None
+        for executor in (pool, parts):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (pool, parts):
+            if executor is not None:
+                executor.shutdown(wait=True)
         if client is not None:
             client.close()
+        self._closing.clear()
+
+
+def _read_exact(stream: Any, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end of the file."""
+    chunks: list[bytes] = []
+    left = size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _corrupt_text(item: TransferItem, actual: str) -> str:
+    return (
+        f"the file's SHA-256 is {actual}, the release published {item.sha256}: "
+        "corrupt or changed at the source, not uploaded"
+    )
 
 
 def _check_key(key: str) -> None:
@@ -174,4 +442,4 @@ def _check_key(key: str) -> None:
 
 def _check_size(actual: int, item: TransferItem) -> None:
     if actual != item.size:
-        raise _Refused(f"the file has {actual} bytes, expected {item.size}: file changed")
+        raise _Changed(f"the file has {actual} bytes, expected {item.size}: file changed")

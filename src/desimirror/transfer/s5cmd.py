@@ -39,7 +39,14 @@ from typing import Any
 
 from desimirror.binaries import find_binary
 from desimirror.errors import UsageError
-from desimirror.s3client import CREDENTIALS_HINT, endpoint_url, one_line, retryable_error
+from desimirror.s3client import (
+    CREDENTIALS_HINT,
+    endpoint_url,
+    is_throttle,
+    one_line,
+    retryable_error,
+)
+from desimirror.throttle import Concurrency
 from desimirror.transfer.base import S3Target, TransferItem, TransferResult
 
 MiB = 1 << 20
@@ -54,6 +61,8 @@ class S5cmdBackend:
     """Uploads batches with ``s5cmd run``; see the module docstring for the contract."""
 
     name = "s5cmd"
+    #: s5cmd sends no checksums: the uploader hashes files itself and compares ETags.
+    sends_checksums = False
     #: s5cmd's own retries per request (each multipart part separately). 6 retries take
     #: about 4 s against a refused connection; throttling backs off longer.
     retry_count = 6
@@ -74,6 +83,8 @@ class S5cmdBackend:
         self.target = target
         self.workers = max(1, int(workers))
         self.binary = find_binary("s5cmd")
+        #: Adaptive limit: each run gets the current limit as --numworkers.
+        self.concurrency = Concurrency(self.workers)
         self._children: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
 
@@ -85,7 +96,8 @@ class S5cmdBackend:
             argv += ["--endpoint-url", url]
         if self.target.no_sign_request:
             argv.append("--no-sign-request")
-        argv += ["--numworkers", str(self.workers), "--retry-count", str(self.retry_count)]
+        workers = min(self.workers, self.concurrency.limit)
+        argv += ["--numworkers", str(workers), "--retry-count", str(self.retry_count)]
         return [*argv, "run", command_file]
 
     def command_line(self, item: TransferItem) -> str:
@@ -116,7 +128,12 @@ class S5cmdBackend:
             command_file = Path(tmp) / "commands.txt"
             text = "".join(self.command_line(item) + "\n" for item in book.pending_items())
             command_file.write_bytes(text.encode("utf-8", "surrogateescape"))
-            yield from self._run(book, str(command_file))
+            for result in self._run(book, str(command_file)):
+                if result.throttled:
+                    self.concurrency.throttled()
+                else:
+                    self.concurrency.completed(result.ok)
+                yield result
 
     def _run(self, book: _Book, command_file: str) -> Iterator[TransferResult]:
         largest = max(item.size for item in book.pending_items())
@@ -269,9 +286,19 @@ class _Book:
     def pending_items(self) -> list[TransferItem]:
         return [item for items in self.pending.values() for item in items]
 
-    def failure(self, item: TransferItem, error: str, *, retryable: bool) -> TransferResult:
+    def failure(
+        self,
+        item: TransferItem,
+        error: str,
+        *,
+        retryable: bool,
+        throttled: bool = False,
+        reason: str | None = None,
+    ) -> TransferResult:
         message = one_line(f"PUT {self.target.url(item.key)}: {error}")
-        return TransferResult(item, ok=False, error=message, retryable=retryable)
+        return TransferResult(
+            item, ok=False, error=message, retryable=retryable, throttled=throttled, reason=reason
+        )
 
     def note(self, message: str) -> None:
         self.messages.append(message)
@@ -308,6 +335,7 @@ class _Book:
                     item,
                     f"s5cmd sent {size} bytes, expected {item.size}: the file changed",
                     retryable=False,
+                    reason="changed",
                 )
             return TransferResult(item, ok=True)
         # s5cmd wrote somewhere we did not ask for: never call that a success for our key.
@@ -352,8 +380,18 @@ class _Book:
                     yield self.failure(item, f"no result from s5cmd ({fallback})", retryable=True)
                 else:
                     text, retryable = _classify(error)
-                    yield self.failure(item, text, retryable=retryable)
+                    yield self.failure(item, text, retryable=retryable, throttled=_throttled(text))
         self.pending.clear()
+
+
+def _throttled(text: str) -> bool:
+    """Whether s5cmd's final error for a file was the store asking to slow down."""
+    code_match = _CODE.match(text)
+    status_match = _STATUS.search(text)
+    return is_throttle(
+        code_match.group(1) if code_match else None,
+        int(status_match.group(1)) if status_match else None,
+    )
 
 
 def _classify(error: str) -> tuple[str, bool]:

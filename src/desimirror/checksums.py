@@ -1,0 +1,322 @@
+"""Checksums: the published ``*.sha256sum`` files, hashing while reading, S3's composites.
+
+Everything here is pure computation on bytes, so the rest of the mirror can state in one
+vocabulary what the bytes of a file must be:
+
+* ``sha256`` is always the lowercase hex SHA-256 of a whole file, as DESI publishes it in
+  its ``*.sha256sum`` files; S3 speaks base64 (``ChecksumSHA256``), converted at the edge.
+* A multipart object has no whole-object SHA-256 in S3. It has a *composite* checksum,
+  ``base64(sha256(part digest 1 || part digest 2 || ...))-N``, and an ETag built the same
+  way from MD5s (``hex(md5(part md5 1 || ...))-N``); both are recomputed from the part
+  size and the part digests, which the uploader records for that reason.
+* A single-part object's ETag is the MD5 of its bytes (on AWS without SSE-KMS and on
+  SeaweedFS), which is the only content proof an object written without checksums has.
+
+:class:`HashingReader` computes SHA-256 while a client reads a file to send it, so a file
+is read once for both; :func:`hash_file` is the explicit pass for when the sender reads
+the file itself (s5cmd) or nothing is sent at all (adopting an existing object).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import os
+import posixpath
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+CHUNK = 1 << 20
+_HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
+_BSD = re.compile(rb"^SHA256 ?\((?P<name>.*)\) ?= ?(?P<digest>[0-9a-fA-F]{64})$")
+#: The suffix of the files a DESI release publishes its checksums in.
+SUFFIX = ".sha256sum"
+
+
+# ---------------------------------------------------------------- encodings
+
+
+def b64_of_hex(hex_digest: str) -> str:
+    """``ChecksumSHA256`` (base64) for a hex digest."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
+
+
+def hex_of_b64(b64_digest: str) -> str | None:
+    """The hex digest of a base64 ``ChecksumSHA256``, or None for anything else (a composite)."""
+    try:
+        raw = base64.b64decode(b64_digest, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
+def is_hex_sha256(text: str | None) -> bool:
+    return bool(text) and _HEX64.match(text.encode("ascii", "replace")) is not None
+
+
+# ---------------------------------------------------------------- published sha256sum files
+
+
+@dataclass
+class Listing:
+    """What one ``*.sha256sum`` file claims: manifest path -> hex digest, and what it could not."""
+
+    claims: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_sha256sum(data: bytes, directory: str) -> Listing:
+    """Parse ``sha256sum`` output (GNU text or binary mode, escaped names, or BSD tags).
+
+    Names are relative to ``directory`` (the listing's own directory, a manifest path) and
+    become manifest paths. A name that is absolute or climbs out with ``..`` is an error,
+    never a claim: a checksum file must not make the mirror look outside the tree.
+    Repeated names with different digests are errors too; the first claim stands.
+    """
+    listing = Listing()
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if not line.strip() or line.lstrip().startswith(b"#"):
+            continue
+        parsed = _parse_line(line)
+        if parsed is None:
+            listing.errors.append(f"line {number}: not a sha256sum line")
+            continue
+        digest, name = parsed
+        path = _resolve(directory, os.fsdecode(name))
+        if path is None:
+            listing.errors.append(f"line {number}: {os.fsdecode(name)!r} is outside the tree")
+            continue
+        known = listing.claims.get(path)
+        if known is not None and known != digest:
+            listing.errors.append(f"line {number}: {path!r} is listed twice with two digests")
+            continue
+        listing.claims[path] = digest
+    return listing
+
+
+def _parse_line(line: bytes) -> tuple[str, bytes] | None:
+    bsd = _BSD.match(line)
+    if bsd:
+        return bsd.group("digest").decode().lower(), bsd.group("name")
+    escaped = line.startswith(b"\\")
+    body = line[1:] if escaped else line
+    if len(body) < 66 or not _HEX64.match(body[:64]) or body[64:65] != b" ":
+        return None
+    if body[65:66] not in (b" ", b"*"):
+        return None
+    name = body[66:]
+    if escaped:
+        name = _unescape(name)
+        if name is None:
+            return None
+    if not name:
+        return None
+    return body[:64].decode().lower(), name
+
+
+def _unescape(name: bytes) -> bytes | None:
+    """GNU coreutils escaping (a leading backslash on the line): ``\\\\``, ``\\n``, ``\\r``."""
+    out = bytearray()
+    i = 0
+    while i < len(name):
+        c = name[i : i + 1]
+        if c != b"\\":
+            out += c
+            i += 1
+            continue
+        nxt = name[i + 1 : i + 2]
+        mapped = {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}.get(nxt)
+        if mapped is None:
+            return None
+        out += mapped
+        i += 2
+    return bytes(out)
+
+
+def _resolve(directory: str, name: str) -> str | None:
+    if name.startswith("/") or "\0" in name:
+        return None
+    joined = posixpath.normpath(posixpath.join(directory, name)) if directory else name
+    joined = posixpath.normpath(joined)
+    if joined in (".", "..") or joined.startswith("../") or joined.startswith("/"):
+        return None
+    return joined
+
+
+# ---------------------------------------------------------------- multipart arithmetic
+
+
+def part_count(size: int, part_size: int) -> int:
+    """Parts an uploader that switches to multipart above one part uses for ``size`` bytes."""
+    if size <= part_size:
+        return 1
+    return -(-size // part_size)
+
+
+def composite_sha256(part_digests_b64: Sequence[str]) -> str:
+    """S3's COMPOSITE ``ChecksumSHA256`` of a multipart object: ``base64(sha256(parts))-N``."""
+    joined = b"".join(base64.b64decode(p) for p in part_digests_b64)
+    return f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(part_digests_b64)}"
+
+
+def multipart_etag(part_md5s: Sequence[bytes]) -> str:
+    """The ETag S3 gives a multipart object: ``hex(md5(part md5s))-N``."""
+    return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
+
+
+#: Part sizes other tools use, tried when an existing multipart ETag must be recomputed
+#: (s5cmd and this mirror: 50 MiB; aws-cli and boto3: 8 MiB; rclone: 5 MiB; others).
+COMMON_PART_SIZES = tuple(n << 20 for n in (50, 8, 5, 16, 64, 100, 128, 10, 15, 25, 32))
+
+
+def guess_part_sizes(size: int, etag: str, preferred: Iterable[int] = ()) -> list[int]:
+    """Part sizes consistent with a multipart ETag ``...-N`` on an object of ``size`` bytes."""
+    _, sep, count = etag.rpartition("-")
+    if not sep or not count.isdigit():
+        return []
+    n = int(count)
+    seen: list[int] = []
+    for candidate in (*preferred, *COMMON_PART_SIZES):
+        if candidate not in seen and n > 1 and part_count(size, candidate) == n:
+            seen.append(candidate)
+    return seen
+
+
+# ---------------------------------------------------------------- hashing files
+
+
+@dataclass(frozen=True)
+class FileDigests:
+    """One read of a file: its SHA-256, and its ETag and composite for one part size."""
+
+    size: int
+    sha256: str  # hex, whole file
+    part_size: int
+    etag: str  # single-part: hex MD5; multipart: hex(md5(part md5s))-N
+    parts_sha256: tuple[str, ...]  # base64 per part; one entry for a single-part object
+
+    @property
+    def composite(self) -> str | None:
+        if len(self.parts_sha256) < 2:
+            return None
+        return composite_sha256(self.parts_sha256)
+
+
+def hash_stream(stream: io.BufferedIOBase, part_size: int, *, md5: bool = True) -> FileDigests:
+    """Read ``stream`` to its end once and compute every digest the mirror compares.
+
+    ``md5=False`` skips the MD5s (about half the cost) when no ETag needs comparing.
+    """
+    whole = hashlib.sha256()
+    part_sha: list[str] = []
+    part_md5: list[bytes] = []
+    whole_md5 = hashlib.md5() if md5 else None
+    size = 0
+    while True:
+        part = hashlib.sha256()
+        pmd5 = hashlib.md5() if md5 else None
+        got = 0
+        while got < part_size:
+            chunk = stream.read(min(CHUNK, part_size - got))
+            if not chunk:
+                break
+            got += len(chunk)
+            whole.update(chunk)
+            part.update(chunk)
+            if pmd5 is not None and whole_md5 is not None:
+                pmd5.update(chunk)
+                whole_md5.update(chunk)
+        if got == 0 and size > 0:
+            break  # a file of exactly k parts: no empty part k + 1
+        size += got
+        part_sha.append(base64.b64encode(part.digest()).decode())
+        if pmd5 is not None:
+            part_md5.append(pmd5.digest())
+        if got < part_size:
+            break
+    if len(part_sha) == 1:
+        etag = whole_md5.hexdigest() if whole_md5 is not None else ""
+    else:
+        etag = multipart_etag(part_md5) if part_md5 else ""
+    return FileDigests(size, whole.hexdigest(), part_size, etag, tuple(part_sha))
+
+
+def open_source(path: str) -> io.BufferedReader:
+    """Open a file to read for the mirror, never through a symlink in its last component.
+
+    The uploader passes the resolved, checked target for symlinked files, so a file that
+    was swapped for a link since the crawl is refused here instead of read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    return os.fdopen(fd, "rb", buffering=CHUNK)
+
+
+def hash_file(path: str, part_size: int, *, md5: bool = True) -> FileDigests:
+    """:func:`hash_stream` over a local file (opened with :func:`open_source`)."""
+    with open_source(path) as stream:
+        return hash_stream(stream, part_size, md5=md5)
+
+
+class HashingReader(io.RawIOBase):
+    """A file wrapper that computes SHA-256 of exactly the bytes a client reads to send.
+
+    HTTP clients may read a body more than once: botocore reads it to compute a checksum
+    header and again to sign it on plain HTTP, and seeks back to the start before each
+    retry. Every seek to the start begins a fresh digest; any other jump makes the digest
+    unusable until then. :attr:`complete` says whether the last pass read the whole file
+    in order, i.e. whether :meth:`hexdigest` describes the bytes that were sent last.
+    """
+
+    def __init__(self, raw: io.BufferedReader, size: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._size = size
+        self._start = raw.tell()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._hash = hashlib.sha256()
+        self._pos = 0
+        self._valid = True
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read() if size is None or size < 0 else self._raw.read(size)
+        if data and self._valid:
+            self._hash.update(data)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = self._raw.seek(offset, whence) - self._start
+        if target == 0:
+            self._reset()
+        elif target != self._pos:
+            self._valid = False
+            self._pos = target
+        return target
+
+    def tell(self) -> int:
+        return self._raw.tell() - self._start
+
+    @property
+    def complete(self) -> bool:
+        """True when the bytes read since the last rewind are the whole file, in order."""
+        return self._valid and self._pos == self._size and not self._raw.peek(1)
+
+    def hexdigest(self) -> str | None:
+        return self._hash.hexdigest() if self.complete else None

@@ -1,0 +1,284 @@
+"""Publish the release's manifest into the bucket, for downloaders and for the access side.
+
+S3 holds objects, not a file system: it cannot show empty directories or symlinks, and it
+says nothing about what a file's bytes should be. The published manifest does, in one
+compact, documented file next to the data (format: ``docs/manifest-format.md``)::
+
+    s3://BUCKET/PREFIX/.desimirror/manifest.tsv.gz   every entry: type, path, size, mtime,
+                                                     SHA-256 (and whether the release
+                                                     published it), key, symlink target
+    s3://BUCKET/PREFIX/.desimirror/manifest.json     a summary: counts, the layout, and the
+                                                     SHA-256 of the .tsv.gz
+
+Anyone who downloads a file can check it against its line; the access side can list a
+release (and show its empty directories and symlinks) from one GET instead of millions of
+LIST calls. Both objects are uploaded with their SHA-256 checked by the store.
+
+The manifest is written from the state db alone, streamed in path order through gzip into
+a temporary file, so ten million entries need no more memory than a few.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from desimirror.errors import IncompleteError, RemoteError, UsageError
+from desimirror.keys import KeyMap
+from desimirror.manifest import UPLOADABLE, Manifest
+from desimirror.transfer import S3Target, TransferItem
+
+FORMAT = "desimirror-manifest"
+VERSION = 1
+META_DIR = ".desimirror"
+COLUMNS = ("type", "path", "size", "mtime", "sha256", "origin", "key", "link_target", "link_kind")
+_TYPES = {"file": "f", "dir": "d", "link": "l", "other": "o"}
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def manifest_keys(keymap: KeyMap) -> tuple[str, str]:
+    """The keys of the manifest and of its summary for a mirror with this layout."""
+    base = f"{keymap.prefix}/{META_DIR}/manifest"
+    return base + ".tsv.gz", base + ".json"
+
+
+def escape(text: str) -> str:
+    """A path or link target as one TSV field: backslash, tab, CR and LF escaped."""
+    return "".join(_ESCAPES.get(c, c) for c in text)
+
+
+def unescape(field_text: str) -> str:
+    out: list[str] = []
+    chars = iter(field_text)
+    for c in chars:
+        if c == "\\":
+            nxt = next(chars, "")
+            out.append(_UNESCAPES.get(nxt, "\\" + nxt))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+@dataclass
+class PublishReport:
+    """What ``manifest publish`` wrote; its ``--json`` report."""
+
+    bucket: str
+    manifest_key: str
+    summary_key: str
+    entries: int = 0
+    files: int = 0
+    bytes: int = 0
+    dirs: int = 0
+    links: int = 0
+    files_with_sha256: int = 0
+    files_published_sha256: int = 0
+    pending_files: int = 0
+    complete: bool = True
+    compressed_bytes: int = 0
+    sha256: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+_ROWS = (
+    "SELECT e.path, e.kind, e.size, e.mtime_ns, e.sha256, e.link_target, e.link_kind,"
+    " p.sha256 FROM entries e LEFT JOIN published p ON p.path = e.path ORDER BY e.path"
+)
+
+
+def write_manifest(manifest: Manifest, keymap: KeyMap, out: TextIO, report: PublishReport) -> None:
+    """Write the TSV (uncompressed text) of every entry to ``out``; count into ``report``."""
+    conn = manifest.conn
+    header = {
+        "release": manifest.root_name or "",
+        "prefix": keymap.prefix,
+        "remap": "\t".join(f"{s}={d}" for s, d in keymap.rules),
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "complete": "yes" if report.complete else "no",
+    }
+    out.write(f"#{FORMAT}\t{VERSION}\n")
+    for name, value in header.items():
+        out.write(f"#{name}\t{value}\n")
+    out.write("#columns\t" + "\t".join(COLUMNS) + "\n")
+    uploadable = {
+        p for (p,) in conn.execute(f"SELECT path FROM entries WHERE {UPLOADABLE} AND kind = 'link'")
+    }
+    for path, kind, size, mtime_ns, sha, target, link_kind, published in conn.execute(_ROWS):
+        if path == "":
+            continue  # the root itself: the prefix
+        report.entries += 1
+        is_file = kind == "file" or path in uploadable
+        key = keymap.key(path) if is_file else ""
+        if key == f"{keymap.prefix}/{path}":
+            key = ""  # the default layout: PREFIX/path, left out to keep lines short
+        origin = ""
+        if sha:
+            origin = "p" if published == sha else "c"
+        fields = [
+            _TYPES.get(kind, "o"),
+            escape(path),
+            str(size) if is_file else "",
+            str(mtime_ns // 1_000_000_000) if mtime_ns is not None else "",
+            (sha or "") if is_file else "",
+            origin if is_file else "",
+            escape(key),
+            escape(target or "") if kind == "link" else "",
+            (link_kind or "") if kind == "link" else "",
+        ]
+        out.write("\t".join(fields) + "\n")
+        if kind == "dir":
+            report.dirs += 1
+        elif kind == "link":
+            report.links += 1
+        if is_file:
+            report.files += 1
+            report.bytes += size
+            report.files_with_sha256 += bool(sha)
+            report.files_published_sha256 += origin == "p"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One line of a published manifest, parsed."""
+
+    type: str
+    path: str
+    size: int | None
+    mtime: int | None
+    sha256: str | None
+    origin: str | None
+    key: str | None
+    link_target: str | None
+    link_kind: str | None
+
+
+def read_manifest(stream: io.BufferedIOBase) -> tuple[dict[str, str], Iterator[ManifestEntry]]:
+    """Parse a published ``manifest.tsv.gz`` stream: (header, entries), entries streamed."""
+    text = io.TextIOWrapper(gzip.GzipFile(fileobj=stream), encoding="utf-8", newline="\n")
+    if text.readline().rstrip("\n").split("\t") != [f"#{FORMAT}", str(VERSION)]:
+        raise ValueError("not a desimirror manifest (version 1)")
+    header: dict[str, str] = {}
+    line = text.readline()
+    while line.startswith("#"):
+        name, _, value = line[1:].rstrip("\n").partition("\t")
+        header[name] = value
+        line = text.readline()
+    prefix = header.get("prefix", "")
+
+    def entries(current: str) -> Iterator[ManifestEntry]:
+        while current:
+            cols = current.rstrip("\n").split("\t")
+            cols += [""] * (len(COLUMNS) - len(cols))
+            kind, path, size, mtime, sha, origin, key, target, link_kind = cols[: len(COLUMNS)]
+            path = unescape(path)
+            yield ManifestEntry(
+                kind,
+                path,
+                int(size) if size else None,
+                int(mtime) if mtime else None,
+                sha or None,
+                origin or None,
+                unescape(key) if key else (f"{prefix}/{path}" if size else None),
+                unescape(target) if target else None,
+                link_kind or None,
+            )
+            current = text.readline()
+
+    return header, entries(line)
+
+
+def publish(
+    manifest: Manifest,
+    target: S3Target,
+    keymap: KeyMap,
+    *,
+    allow_incomplete: bool = False,
+) -> PublishReport:
+    """Write and upload the manifest and its summary; see the module docstring."""
+    from desimirror.s3client import check_bucket, make_client
+    from desimirror.transfer.native import NativeBackend
+
+    if manifest.root_name is None:
+        raise UsageError(f"{manifest.path} has no crawl yet: run 'desimirror crawl' first")
+    tsv_key, json_key = manifest_keys(keymap)
+    report = PublishReport(bucket=target.bucket, manifest_key=tsv_key, summary_key=json_key)
+    totals = manifest.totals("")
+    report.pending_files = totals["pending_files"]
+    report.complete = report.pending_files == 0
+    if not report.complete and not allow_incomplete:
+        raise IncompleteError(
+            f"{report.pending_files:,} files are not mirrored yet: finish the upload, or "
+            "publish with --allow-incomplete (the manifest then says complete: no)",
+            report=report.as_dict(),
+        )
+    client = make_client(target)
+    check_bucket(client, target.bucket)
+    with tempfile.TemporaryDirectory(prefix="desimirror-publish-") as tmp:
+        path = os.path.join(tmp, "manifest.tsv.gz")
+        with gzip.open(path, "wt", encoding="utf-8", newline="\n", compresslevel=6) as out:
+            write_manifest(manifest, keymap, out, report)
+        report.compressed_bytes = os.path.getsize(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+        report.sha256 = digest.hexdigest()
+        summary = _summary(manifest, keymap, report)
+        summary_path = os.path.join(tmp, "manifest.json")
+        with open(summary_path, "w", encoding="utf-8") as out:
+            json.dump(summary, out, indent=2, sort_keys=True)
+            out.write("\n")
+        backend = NativeBackend(target, workers=2)
+        try:
+            items = [
+                TransferItem(path, tsv_key, report.compressed_bytes, report.sha256),
+                _item(summary_path, json_key),
+            ]
+            failures = [r for r in backend.put_batch(items) if not r.ok]
+        finally:
+            backend.close()
+    if failures:
+        raise RemoteError(failures[0].error or "publishing the manifest failed")
+    return report
+
+
+def _item(path: str, key: str) -> TransferItem:
+    with open(path, "rb") as stream:
+        data = stream.read()
+    return TransferItem(path, key, len(data), hashlib.sha256(data).hexdigest())
+
+
+def _summary(manifest: Manifest, keymap: KeyMap, report: PublishReport) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "release": manifest.root_name,
+        "prefix": keymap.prefix,
+        "remap": [f"{s}={d}" for s, d in keymap.rules],
+        "manifest": {
+            "key": report.manifest_key,
+            "sha256": report.sha256,
+            "bytes": report.compressed_bytes,
+        },
+        "complete": report.complete,
+        "entries": report.entries,
+        "files": report.files,
+        "bytes": report.bytes,
+        "dirs": report.dirs,
+        "links": report.links,
+        "files_with_sha256": report.files_with_sha256,
+        "files_with_published_sha256": report.files_published_sha256,
+        "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
