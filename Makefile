@@ -74,6 +74,7 @@ test: lint
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/access_bench.py
+	$(VENV)/bin/python bench/crawl_bench.py
 
 clean-demo:
 	rm -rf demo

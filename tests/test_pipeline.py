@@ -360,3 +360,24 @@ def test_upload_to_another_target_is_refused(
     assert run_cli("upload", *args, "--max-batches", "1", env=cli_env).returncode == 0
     proc = run_cli("upload", *args, "--prefix", "elsewhere", env=cli_env)
     assert_clean_error(proc, "another --db")
+
+
+def test_demo_from_a_relative_dir_mirrors_and_proves_and_stops_its_server(tmp_path: Path) -> None:
+    # `make demo` passes a relative --dir; the embedded server runs with its data dir as cwd
+    proc = run_cli("demo", "--dir", "demo", "--scale", "0.05", cwd=tmp_path, check=True)
+    verify_line = next(line for line in proc.stdout.splitlines() if line.startswith("verify"))
+    matched, expected = (int(n) for n in verify_line.split()[1:4:2])
+    assert matched == expected > 0
+    assert f"content proven for {expected}; complete: True" in verify_line
+    (run_dir,) = (tmp_path / "demo").iterdir()
+    pid_holders = [
+        p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd_is(p, run_dir / "s3")
+    ]
+    assert pid_holders == [], "the demo's server is still running"
+
+
+def _cwd_is(proc_dir: Path, path: Path) -> bool:
+    try:
+        return Path(os.readlink(proc_dir / "cwd")) == path.resolve()
+    except OSError:
+        return False

@@ -60,6 +60,10 @@ class SeaweedServer:
     anonymous_read: bool = False  # a public bucket, as DESI's: Read and List need no keys
     process: subprocess.Popen | None = None
 
+    def __post_init__(self) -> None:
+        # weed runs with its data dir as cwd, so a relative path would be resolved twice
+        self.data_dir = Path(self.data_dir).resolve()
+
     @property
     def s3_port(self) -> int:
         assert self.base_port is not None

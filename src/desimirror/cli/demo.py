@@ -86,7 +86,7 @@ def command(workdir: Path, scale: float, backend: str) -> None:
         remap = ["--remap", "edr/spectro/data=raw_spectro_data", "--remap", "edr/target=target"]
         sent = _run(["upload", *common, *remap, "--backend", backend], env)
         again = _run(["upload", *common, *remap, "--backend", backend], env)
-        checked = _run(["verify", *common], env)
+        checked = _run(["verify", *common, "--checksum"], env)
     click.echo(
         "\n".join(
             [
@@ -98,8 +98,8 @@ def command(workdir: Path, scale: float, backend: str) -> None:
                 f"upload    {sent['files_sent']} files, {format_size(sent['bytes_sent'])} in "
                 f"{sent['seconds']:.1f}s ({format_size(sent['bytes_per_second'])}/s, {backend})",
                 f"resume    second run sent {again['files_sent']} files in {again['seconds']:.1f}s",
-                f"verify    {checked['matched']} of {checked['expected_files']} objects match; "
-                f"complete: {checked['complete']}",
+                f"verify    {checked['matched']} of {checked['expected_files']} objects match, "
+                f"content proven for {checked['content_ok']}; complete: {checked['complete']}",
                 f"total     {time.monotonic() - started:.1f}s; server stopped, data in {run_dir}",
             ]
         )
