@@ -87,6 +87,10 @@ def test_digests_match_what_s3_computes(size: int) -> None:
     assert d.sha256 == hashlib.sha256(data).hexdigest()
     assert d.size == size
     chunks = [data[i : i + part] for i in range(0, size, part)] or [b""]
+    assert d.parts_sha256 == tuple(
+        base64.b64encode(hashlib.sha256(c).digest()).decode() for c in chunks
+    )
+    assert hash_stream(io.BytesIO(data), part, md5=False).parts_sha256 == d.parts_sha256
     if len(chunks) == 1:
         assert d.etag == hashlib.md5(data).hexdigest()
         assert d.composite is None

@@ -1,28 +1,38 @@
 """What the bucket already holds under given keys: size, ETag and, on request, SHA-256.
 
 The uploader asks before sending (to adopt objects that are already right) and, for the
-s5cmd backend, after sending (to compare ETags). Keys are looked up the cheapest way:
-where many wanted keys share a "directory", one LIST of that directory (up to 1000 objects
-a request); elsewhere one HEAD per key (on AWS a HEAD costs a twelfth of a LIST).
+s5cmd backend, after sending (to compare ETags). Keys are looked up by listing whole
+subtrees: the directory shared by the wanted keys is listed recursively (1,000 objects a
+request), within a budget of pages proportional to the number of wanted keys. Where the
+budget runs out (the subtree holds many other objects), the keys are split by the next
+directory level and each part is listed the same way, in parallel; files directly under a
+split directory are found with one delimited LIST of it, or a HEAD each when they are few.
+So a batch of a fresh mirror costs one LIST, and the ETags of 1,000 files just sent cost
+one LIST instead of a request per file (a HEAD costs the client about as much CPU as a
+twentieth of a LIST page). Absence is concluded only from a listing that ran to its end,
+never from key order, which stores do not agree on (SeaweedFS lists a directory's
+entries before the names that sort between it and its ``/``).
 
-A lookup that keeps failing does not stop the upload: the keys it could not settle are
-returned as unknown, and the caller treats them as absent (it sends the file again, which
-is always correct, only slower).
+Checksums are only returned by HEAD (with checksum mode), so ``checksums=True`` HEADs
+every key. A lookup that keeps failing does not stop the upload: the keys it could not
+settle are returned as unknown, and the caller treats them as absent (it sends the file
+again, which is always correct, only slower).
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
 from desimirror.s3client import error_code, strip_etag
 
-#: A directory with at least this many wanted keys is listed instead of HEADed key by key.
+#: Fewer wanted keys than this in one place are HEADed one by one instead of listed.
 LIST_MIN_KEYS = 16
 
 
@@ -50,6 +60,8 @@ class ObjectLookup:
 
     attempts = 4
     backoff = 0.5
+    #: Objects a LIST page holds (ListObjectsV2's largest); pages are budgeted by it.
+    page_keys = 1000
 
     def __init__(
         self,
@@ -63,29 +75,30 @@ class ObjectLookup:
         self.bucket = bucket
         self.workers = max(1, workers)
         self.sleep = sleep
-        self.requests = 0
+        self.requests = 0  # sent, attempts included
+        self._count_lock = threading.Lock()
 
     def find(self, keys: Iterable[str], *, checksums: bool = False) -> Found:
         """Every key of ``keys`` that exists. HEADs ask for checksums (free on a HEAD);
         ``checksums`` HEADs every key, so that each object's SHA-256 is known."""
-        groups: dict[str, list[str]] = defaultdict(list)
-        for key in keys:
-            groups[key.rsplit("/", 1)[0] + "/" if "/" in key else ""].append(key)
+        wanted = sorted(set(keys))
         found = Found({}, set())
-        listed = [] if checksums else [p for p, ks in groups.items() if len(ks) >= LIST_MIN_KEYS]
-        heads = [k for p, ks in groups.items() if p not in listed for k in ks]
+        if not wanted:
+            return found
         with ThreadPoolExecutor(self.workers, thread_name_prefix="desimirror-lookup") as pool:
-            for prefix, objects in zip(listed, pool.map(self._list_dir, listed), strict=True):
-                wanted = set(groups[prefix])
-                if objects is None:
-                    found.unknown |= wanted
-                else:
-                    found.objects.update({k: o for k, o in objects.items() if k in wanted})
-            for key, info in zip(heads, pool.map(self.head, heads), strict=True):
-                if info is _UNKNOWN:
-                    found.unknown.add(key)
-                elif info is not None:
-                    found.objects[key] = info
+            if checksums or len(wanted) < LIST_MIN_KEYS:
+                for key, info in zip(wanted, pool.map(self.head, wanted), strict=True):
+                    _add(found, key, info)
+                return found
+            root = _shared_directory(wanted[0], wanted[-1])
+            running: set[Future] = {pool.submit(self._list_tree, root, wanted)}
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    part, subtrees = future.result()
+                    found.objects.update(part.objects)
+                    found.unknown |= part.unknown
+                    running |= {pool.submit(self._list_tree, p, ks) for p, ks in subtrees}
         return found
 
     def head(self, key: str, checksums: bool = True) -> ObjectInfo | object | None:
@@ -104,29 +117,75 @@ class ObjectLookup:
             checksum_known=checksums,
         )
 
-    def _list_dir(self, prefix: str) -> dict[str, ObjectInfo] | None:
-        """The objects directly under ``prefix`` (one "directory"), or None after failures."""
+    def _list_tree(self, prefix: str, keys: list[str]) -> tuple[Found, list[tuple[str, list]]]:
+        """Settle ``keys`` (all under ``prefix``) by listing the subtree, or return the
+        parts to list one level down when the subtree is too crowded for its budget."""
+        if len(keys) < LIST_MIN_KEYS:
+            found = Found({}, set())
+            for key in keys:
+                _add(found, key, self.head(key, checksums=False))
+            return found, []
+        wanted = set(keys)
+        budget = 1 + 2 * -(-len(keys) // self.page_keys)
+        listed = self._list(prefix, delimited=False, max_pages=budget, wanted=wanted)
+        if listed is None:
+            return Found({}, wanted), []
+        objects, complete = listed
+        if complete:
+            return Found(objects, set()), []
+        found = Found(objects, set())
+        direct: list[str] = []
+        below: dict[str, list[str]] = defaultdict(list)
+        for key in keys:
+            if key not in objects:
+                head, sep, _ = key[len(prefix) :].partition("/")
+                if sep:
+                    below[prefix + head + "/"].append(key)
+                else:
+                    direct.append(key)
+        if len(direct) >= LIST_MIN_KEYS:
+            here = self._list(prefix, delimited=True, wanted=set(direct))
+            if here is None:
+                found.unknown.update(direct)
+            else:
+                found.objects.update(here[0])
+        else:
+            for key in direct:
+                _add(found, key, self.head(key, checksums=False))
+        return found, list(below.items())
+
+    def _list(
+        self, prefix: str, *, delimited: bool, wanted: set[str], max_pages: int | None = None
+    ) -> tuple[dict[str, ObjectInfo], bool] | None:
+        """The wanted objects under ``prefix`` (only those directly under it if
+        ``delimited``) and whether the listing ran to its end; None after failures."""
         objects: dict[str, ObjectInfo] = {}
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
-            if token:
-                kwargs["ContinuationToken"] = token
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        kwargs["MaxKeys"] = self.page_keys
+        if delimited:
+            kwargs["Delimiter"] = "/"
+        pages = 0
+        while max_pages is None or pages < max_pages:
             page = self._call(self.client.list_objects_v2, kwargs)
             if page is _UNKNOWN or page is None:
                 return None
+            pages += 1
             for obj in page.get("Contents", ()):
-                objects[obj["Key"]] = ObjectInfo(
-                    obj["Key"], int(obj["Size"]), strip_etag(obj.get("ETag"))
-                )
+                if obj["Key"] in wanted:
+                    objects[obj["Key"]] = ObjectInfo(
+                        obj["Key"], int(obj["Size"]), strip_etag(obj.get("ETag"))
+                    )
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
-                return objects
+                return objects, True
+            kwargs["ContinuationToken"] = token
+        return objects, False
 
     def _call(self, method: Callable[..., Any], kwargs: dict[str, Any], *, missing_ok=False):
         """One request with a few attempts; None for a missing key, _UNKNOWN if it never worked."""
         for attempt in range(1, self.attempts + 1):
-            self.requests += 1
+            with self._count_lock:
+                self.requests += 1
             try:
                 return method(**kwargs)
             except Exception as exc:
@@ -141,3 +200,21 @@ class ObjectLookup:
 
 
 _UNKNOWN = object()
+
+
+def _shared_directory(first: str, last: str) -> str:
+    """The longest ``a/b/`` prefix of two sorted keys, so of every key between them."""
+    same = 0
+    for a, b in zip(first, last, strict=False):
+        if a != b:
+            break
+        same += 1
+    return first[: first.rfind("/", 0, same) + 1]
+
+
+def _add(found: Found, key: str, info: ObjectInfo | object | None) -> None:
+    """File one HEAD's answer under objects (present), unknown (failed) or nowhere (absent)."""
+    if info is _UNKNOWN:
+        found.unknown.add(key)
+    elif isinstance(info, ObjectInfo):
+        found.objects[key] = info

@@ -209,15 +209,18 @@ class FileDigests:
 def hash_stream(stream: io.BufferedIOBase, part_size: int, *, md5: bool = True) -> FileDigests:
     """Read ``stream`` to its end once and compute every digest the mirror compares.
 
-    ``md5=False`` skips the MD5s (about half the cost) when no ETag needs comparing.
+    Each byte goes through the whole-file SHA-256 and its part's MD5 once; a part's own
+    SHA-256 is kept apart only from the second part on (the first part's is a copy of the
+    whole-file state where it ends), so a single-part file, nearly every file of a
+    release, costs one SHA-256 and one MD5. ``md5=False`` skips the MD5s (about half the
+    cost) when no ETag needs comparing.
     """
     whole = hashlib.sha256()
     part_sha: list[str] = []
     part_md5: list[bytes] = []
-    whole_md5 = hashlib.md5() if md5 else None
     size = 0
     while True:
-        part = hashlib.sha256()
+        part = hashlib.sha256() if size else None  # the first part is read off ``whole``
         pmd5 = hashlib.md5() if md5 else None
         got = 0
         while got < part_size:
@@ -226,22 +229,24 @@ def hash_stream(stream: io.BufferedIOBase, part_size: int, *, md5: bool = True) 
                 break
             got += len(chunk)
             whole.update(chunk)
-            part.update(chunk)
-            if pmd5 is not None and whole_md5 is not None:
+            if part is not None:
+                part.update(chunk)
+            if pmd5 is not None:
                 pmd5.update(chunk)
-                whole_md5.update(chunk)
         if got == 0 and size > 0:
             break  # a file of exactly k parts: no empty part k + 1
         size += got
-        part_sha.append(base64.b64encode(part.digest()).decode())
+        part_sha.append(base64.b64encode((part or whole.copy()).digest()).decode())
         if pmd5 is not None:
             part_md5.append(pmd5.digest())
         if got < part_size:
             break
-    if len(part_sha) == 1:
-        etag = whole_md5.hexdigest() if whole_md5 is not None else ""
+    if not md5:
+        etag = ""
+    elif len(part_md5) == 1:
+        etag = part_md5[0].hex()
     else:
-        etag = multipart_etag(part_md5) if part_md5 else ""
+        etag = multipart_etag(part_md5)
     return FileDigests(size, whole.hexdigest(), part_size, etag, tuple(part_sha))
 
 
