@@ -40,11 +40,12 @@ import random
 import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from desimirror import transfer
 from desimirror.bucket import ObjectInfo, ObjectLookup
-from desimirror.checksums import guess_part_sizes, hex_of_b64
+from desimirror.checksums import FileDigests, guess_part_sizes, hex_of_b64
 from desimirror.errors import IncompleteError, StateError, UsageError, redact
 from desimirror.keys import KeyMap, first_collision
 from desimirror.manifest import Entry, Manifest, UploadRecord
@@ -490,7 +491,8 @@ class _Uploader:
         yield from self._send_hashed(todo)
 
     def _send_hashed(self, todo: dict[str, _Job]) -> Iterator[tuple[_Job, TransferResult]]:
-        """s5cmd: hash a chunk ahead, send the files that match, compare ETags after."""
+        """s5cmd: hash a chunk ahead, feed s5cmd each file as its hash is ready, and compare
+        the ETags of one chunk in the background while the next one is sent."""
         part_size = self.options.part_size
         chunks = _chunks(list(todo.items()), self.options.chunk_files, self.options.chunk_bytes)
 
@@ -500,37 +502,61 @@ class _Uploader:
 
         if chunks:
             prefetch(chunks[0])
-        for number, chunk in enumerate(chunks):
-            if number + 1 < len(chunks):
-                prefetch(chunks[number + 1])
-            items: list[TransferItem] = []
-            digests = {}
-            for key, job in chunk:
-                item = TransferItem(job.source, key, job.entry.size, job.entry.sha256)
-                try:
-                    digest = self.hasher.digests(job.source, job.entry, part_size)
-                except (FileChanged, OSError) as exc:
-                    yield job, _failed(item, _read_error(exc), reason="changed")
-                    continue
-                if job.entry.sha256 and digest.sha256 != job.entry.sha256:
-                    yield job, _failed(item, _corrupt_text(digest.sha256, job), reason="corrupt")
-                    continue
-                job.sent = True
-                digests[key] = digest
-                items.append(item)
-            sent: list[TransferResult] = []
-            for result in self.backend.put_batch(items):
-                if result.ok:
-                    sent.append(result)
-                else:
-                    yield todo[result.item.key], result
-            if sent:
-                yield from self._compare_etags(todo, sent, digests)
+        comparing: Future | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="desimirror-etags") as reader:
+            for number, chunk in enumerate(chunks):
+                if number + 1 < len(chunks):
+                    prefetch(chunks[number + 1])
+                refused: list[tuple[_Job, TransferResult]] = []
+                digests: dict[str, FileDigests] = {}
+                sent: list[TransferResult] = []
+                for result in self.backend.put_batch(self._hashed(chunk, digests, refused)):
+                    if result.ok:
+                        sent.append(result)
+                    else:
+                        yield todo[result.item.key], result
+                    if comparing is not None and comparing.done():
+                        yield from comparing.result()
+                        comparing = None
+                yield from refused
+                if comparing is not None:
+                    yield from comparing.result()
+                comparing = (
+                    reader.submit(self._compare_etags, todo, sent, digests) if sent else None
+                )
+            if comparing is not None:
+                yield from comparing.result()
+
+    def _hashed(
+        self,
+        chunk: list[tuple[str, _Job]],
+        digests: dict[str, FileDigests],
+        refused: list[tuple[_Job, TransferResult]],
+    ) -> Iterator[TransferItem]:
+        """The chunk's files whose bytes are as expected, each once its hash is ready;
+        the digests go into ``digests``, the files not to send into ``refused``."""
+        for key, job in chunk:
+            item = TransferItem(job.source, key, job.entry.size, job.entry.sha256)
+            try:
+                digest = self.hasher.digests(job.source, job.entry, self.options.part_size)
+            except (FileChanged, OSError) as exc:
+                refused.append((job, _failed(item, _read_error(exc), reason="changed")))
+                continue
+            if job.entry.sha256 and digest.sha256 != job.entry.sha256:
+                refused.append(
+                    (job, _failed(item, _corrupt_text(digest.sha256, job), reason="corrupt"))
+                )
+                continue
+            job.sent = True
+            digests[key] = digest
+            yield item
 
     def _compare_etags(
-        self, todo: dict[str, _Job], sent: list[TransferResult], digests: dict
-    ) -> Iterator[tuple[_Job, TransferResult]]:
+        self, todo: dict[str, _Job], sent: list[TransferResult], digests: dict[str, FileDigests]
+    ) -> list[tuple[_Job, TransferResult]]:
+        """Each sent file's result once its object's ETag was read back and compared."""
         found = self.lookup.find(r.item.key for r in sent)
+        outcomes: list[tuple[_Job, TransferResult]] = []
         for result in sent:
             item, digest = result.item, digests[result.item.key]
             info = found.objects.get(item.key)
@@ -540,24 +566,23 @@ class _Uploader:
                     if item.key in found.unknown
                     else "the object is not in the bucket after the upload"
                 )
-                yield todo[item.key], _failed(item, why)
+                outcomes.append((todo[item.key], _failed(item, why)))
             elif info.etag != digest.etag or info.size != digest.size:
                 why = f"the object's ETag {info.etag} is not the file's {digest.etag}"
-                yield todo[item.key], _failed(item, why)
+                outcomes.append((todo[item.key], _failed(item, why)))
             else:
                 multipart = len(digest.parts_sha256) > 1
-                yield (
-                    todo[item.key],
-                    TransferResult(
-                        item,
-                        ok=True,
-                        etag=info.etag,
-                        sha256=digest.sha256,
-                        part_size=digest.part_size if multipart else None,
-                        parts=digest.parts_sha256 if multipart else (),
-                        proof="etag",
-                    ),
+                confirmed = TransferResult(
+                    item,
+                    ok=True,
+                    etag=info.etag,
+                    sha256=digest.sha256,
+                    part_size=digest.part_size if multipart else None,
+                    parts=digest.parts_sha256 if multipart else (),
+                    proof="etag",
                 )
+                outcomes.append((todo[item.key], confirmed))
+        return outcomes
 
 
 def _failed(item: TransferItem, text: str, *, reason: str | None = None) -> TransferResult:

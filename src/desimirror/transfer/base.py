@@ -10,7 +10,7 @@ client does per request: the uploader owns retries per file, with backoff.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,8 +74,9 @@ class TransferBackend(Protocol):
     sends_checksums: bool
     concurrency: Concurrency
 
-    def put_batch(self, items: Sequence[TransferItem]) -> Iterator[TransferResult]:
-        """Upload ``items``; yield one result per item as each finishes."""
+    def put_batch(self, items: Iterable[TransferItem]) -> Iterator[TransferResult]:
+        """Upload ``items``; yield one result per item as each finishes. ``items`` may be
+        a generator that produces them slowly (the uploader hashes files on the way)."""
         ...
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
 
@@ -139,7 +139,7 @@ class NativeBackend:
             self.concurrency.throttled()
         return None  # never decide about the retry: botocore's own handler does
 
-    def put_batch(self, items: Sequence[TransferItem]) -> Iterator[TransferResult]:
+    def put_batch(self, items: Iterable[TransferItem]) -> Iterator[TransferResult]:
         """Upload ``items`` concurrently; yield one result per item as each finishes."""
         items = list(items)
         if not items:

@@ -1,9 +1,11 @@
 """The s5cmd backend: one ``s5cmd run`` per batch, one JSON result line per file.
 
 s5cmd is the fast default (Go, hundreds of parallel requests, its own per-request retries,
-which survived a fault-injecting proxy intact). It is driven through a command file of
-``cp --raw SRC DST`` lines and its ``--json`` output, read as it arrives, so every file gets
-its own result without waiting for the whole batch.
+which survived a fault-injecting proxy intact). It is driven by ``cp --raw SRC DST`` lines
+written to ``s5cmd run`` on its standard input as the items arrive (s5cmd starts each line
+as it reads it, so a caller that hashes files first does not hold the transfer back until
+the whole batch is hashed), and by its ``--json`` output, read as it arrives, so every file
+gets its own result without waiting for the whole batch.
 
 What s5cmd cannot carry is refused up front with ``retryable=False``: a newline in a path
 or key breaks the line-based command file (one bad line makes s5cmd abort the whole run;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import queue
@@ -31,10 +34,8 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from desimirror.binaries import find_binary
@@ -88,7 +89,7 @@ class S5cmdBackend:
         self._children: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
 
-    def command(self, command_file: str) -> list[str]:
+    def command(self) -> list[str]:
         """The s5cmd argument vector for one batch. No secret ever appears in it."""
         argv = [self.binary, "--json", "--log", "info"]
         url = endpoint_url(self.target)
@@ -98,7 +99,7 @@ class S5cmdBackend:
             argv.append("--no-sign-request")
         workers = min(self.workers, self.concurrency.limit)
         argv += ["--numworkers", str(workers), "--retry-count", str(self.retry_count)]
-        return [*argv, "run", command_file]
+        return [*argv, "run"]
 
     def command_line(self, item: TransferItem) -> str:
         """One ``cp`` line of the command file; s5cmd splits it with POSIX shell quoting."""
@@ -113,74 +114,132 @@ class S5cmdBackend:
             ]
         )
 
-    def put_batch(self, items: Sequence[TransferItem]) -> Iterator[TransferResult]:
-        """Upload ``items`` with one s5cmd process; yield one result per item as it ends."""
-        book = _Book(self.target)
-        for item in items:
-            problem = unsendable(item)
-            if problem:
-                yield book.failure(item, problem, retryable=False)
-            else:
-                book.add(item)
-        if not book.pending:
-            return
-        with tempfile.TemporaryDirectory(prefix="desimirror-s5cmd-") as tmp:
-            command_file = Path(tmp) / "commands.txt"
-            text = "".join(self.command_line(item) + "\n" for item in book.pending_items())
-            command_file.write_bytes(text.encode("utf-8", "surrogateescape"))
-            for result in self._run(book, str(command_file)):
-                if result.throttled:
-                    self.concurrency.throttled()
-                else:
-                    self.concurrency.completed(result.ok)
-                yield result
+    def put_batch(self, items: Iterable[TransferItem]) -> Iterator[TransferResult]:
+        """Upload ``items`` with one s5cmd process; yield one result per item as it ends.
 
-    def _run(self, book: _Book, command_file: str) -> Iterator[TransferResult]:
-        largest = max(item.size for item in book.pending_items())
-        wait = self.idle_timeout + largest / max(1, self.min_bytes_per_second)
-        proc = self._spawn(command_file)
-        lines: queue.Queue[tuple[str, bytes | None]] = queue.Queue()
-        readers = [
+        ``items`` may be a generator that is slow to produce (hashing files first): it is
+        consumed in a feeder thread, and s5cmd starts once the first sendable item exists.
+        """
+        book = _Book(self.target)
+        remaining = iter(items)
+        for first in remaining:
+            problem = unsendable(first)
+            if not problem:
+                break
+            yield book.failure(first, problem, retryable=False)
+        else:
+            return
+        for result in self._run(book, itertools.chain([first], remaining)):
+            if result.throttled:
+                self.concurrency.throttled()
+            else:
+                self.concurrency.completed(result.ok)
+            yield result
+
+    def _run(self, book: _Book, items: Iterator[TransferItem]) -> Iterator[TransferResult]:
+        proc = self._spawn()
+        lines: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stop = threading.Event()
+        feeder_failed: list[BaseException] = []
+        threads = [
             threading.Thread(target=_pump, args=(tag, stream, lines), daemon=True)
             for tag, stream in (("out", proc.stdout), ("err", proc.stderr))
         ]
-        for reader in readers:
-            reader.start()
+        threads.append(
+            threading.Thread(
+                target=self._feed,
+                args=(proc.stdin, items, lines, stop, feeder_failed),
+                daemon=True,
+            )
+        )
+        for thread in threads:
+            thread.start()
+        largest = 0
         try:
-            open_streams, stopped = len(readers), False
+            open_streams, stopped = len(threads), False
             while open_streams:
+                wait = (
+                    self.exit_wait
+                    if stopped
+                    else self.idle_timeout + largest / max(1, self.min_bytes_per_second)
+                )
                 try:
-                    tag, raw = lines.get(timeout=wait)
+                    tag, payload = lines.get(timeout=wait)
                 except queue.Empty:
                     if stopped:
                         break  # killed, yet its output never closed: give up on the rest
                     book.note(f"s5cmd made no progress for {wait:.0f} s and was stopped")
+                    stop.set()
                     self._kill(proc)
-                    stopped, wait = True, self.exit_wait  # read what it wrote before it died
+                    stopped = True  # read what it wrote before it died
                     continue
-                if raw is None:
+                if payload is None:
                     open_streams -= 1
-                elif (result := book.line(tag, raw.decode("utf-8", "replace"))) is not None:
+                elif tag == "add":
+                    book.add(payload)
+                    largest = max(largest, payload.size)
+                elif tag == "refuse":
+                    item, problem = payload
+                    yield book.failure(item, problem, retryable=False)
+                elif (result := book.line(tag, payload.decode("utf-8", "replace"))) is not None:
                     yield result
             book.note(self._finish(proc))
         finally:
+            stop.set()
             self._kill(proc)
-            for reader in readers:
-                reader.join(timeout=self.exit_wait)
-            if not any(reader.is_alive() for reader in readers):
+            for thread in threads:
+                thread.join(timeout=self.exit_wait)
+            if not any(thread.is_alive() for thread in threads):
                 for stream in (proc.stdout, proc.stderr):
                     with contextlib.suppress(OSError):
                         stream.close()
+        if feeder_failed:
+            raise feeder_failed[0]
         yield from book.leftovers()
 
-    def _spawn(self, command_file: str) -> subprocess.Popen:
+    def _feed(
+        self,
+        stdin: Any,
+        items: Iterator[TransferItem],
+        lines: queue.Queue,
+        stop: threading.Event,
+        failed: list[BaseException],
+    ) -> None:
+        """Write one command line per item to s5cmd, announcing each item first (so its
+        result line always finds it in the book). If s5cmd goes away, the remaining items
+        are still announced, unsent, so that each of them is reported as failed."""
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                problem = unsendable(item)
+                if problem:
+                    lines.put(("refuse", (item, problem)))
+                    continue
+                lines.put(("add", item))
+                if stdin is None:
+                    continue
+                try:
+                    stdin.write((self.command_line(item) + "\n").encode("utf-8", "surrogateescape"))
+                    stdin.flush()
+                except OSError:
+                    stdin = None  # s5cmd exited or was killed
+        except BaseException as exc:  # re-raised in the consuming thread
+            failed.append(exc)
+        finally:
+            if stdin is not None:
+                with contextlib.suppress(OSError):
+                    stdin.close()
+            lines.put(("in", None))
+
+    def _spawn(self) -> subprocess.Popen:
         env = dict(os.environ)
         if self.target.region:
             env["AWS_REGION"] = self.target.region
         try:
             proc = subprocess.Popen(
-                self.command(command_file),
-                stdin=subprocess.DEVNULL,
+                self.command(),
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
@@ -282,9 +341,6 @@ class _Book:
 
     def add(self, item: TransferItem) -> None:
         self.pending.setdefault(self.target.url(item.key), []).append(item)
-
-    def pending_items(self) -> list[TransferItem]:
-        return [item for items in self.pending.values() for item in items]
 
     def failure(
         self,
