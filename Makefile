@@ -24,7 +24,10 @@ max_batch_size ?= 1TB
 min_batch_size ?= 10GB
 backend ?= s5cmd
 
-VENV ?= .venv
+# The checkout this Makefile is in: `make -f /path/to/desimirror/Makefile upload` works
+# from a working directory of the operator's own, where find.json, batch.json and the db go.
+here := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+VENV ?= $(here)/.venv
 PYTHON ?= python3
 DM := $(VENV)/bin/desimirror
 
@@ -32,10 +35,10 @@ DM := $(VENV)/bin/desimirror
 
 all: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(here)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test,bench]'
+	$(VENV)/bin/python -m pip install --quiet -e '$(here)[test,bench]'
 	touch $@
 
 # Crawl the release into the state db and write the seed's tree format.

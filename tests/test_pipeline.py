@@ -381,3 +381,39 @@ def _cwd_is(proc_dir: Path, path: Path) -> bool:
         return Path(os.readlink(proc_dir / "cwd")) == path.resolve()
     except OSError:
         return False
+
+
+def test_the_seed_makefile_interface_runs_from_an_operators_directory(
+    tmp_path: Path, s3, bucket: str, cli_env: dict
+) -> None:
+    # the original's variables: DESI_ROOT, DESI_RELEASE (any case); outputs go to the cwd
+    public = tmp_path / "public"
+    run_cli("synth", str(public / "edr"), "--scale", "0.05", "--seed", "3", check=True)
+    work = tmp_path / "operator"
+    work.mkdir()
+    makefile = Path(__file__).resolve().parent.parent / "Makefile"
+    env = {**cli_env, "DESI_ROOT": str(public), "DESI_RELEASE": "EDR"}
+    make = [
+        "make",
+        "-f",
+        str(makefile),
+        f"VENV={Path(DESIMIRROR).parent.parent}",
+        f"bucket=s3://{bucket}",
+        "crawl_workers=8",
+    ]
+    for target in ("find.json", "batch.json", "upload", "verify"):
+        proc = subprocess.run(
+            [*make, target], cwd=work, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, f"make {target}:\n{proc.stdout}\n{proc.stderr}"
+    tree = json.loads((work / "find.json").read_text())
+    assert tree[0] == "edr"
+    assert tree[1] == 0  # a directory, sized as the sum of its files
+    assert json.loads((work / "batch.json").read_text())["batches"]
+    assert (work / "edr.db").exists()
+    keys = all_keys(s3, bucket)
+    assert any(k.startswith("raw_spectro_data/") for k in keys)  # the seed's remaps
+    assert any(k.startswith("target/") for k in keys)
+    assert not any(k.startswith(("edr/spectro/data/", "edr/target/")) for k in keys)
+    with Manifest.open(work / "edr.db") as manifest:
+        assert manifest.root == str(public / "edr")
