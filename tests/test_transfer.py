@@ -246,6 +246,29 @@ def test_results_stream_before_the_batch_ends(backend, tmp_path):
     assert len(rest) == len(items) - 1
 
 
+def test_s5cmd_starts_on_the_first_item_while_later_ones_are_still_coming(target, tmp_path):
+    """The uploader hashes each file before handing it over: s5cmd must not wait for all."""
+    backend = tune(transfer.get("s5cmd", target, 4))
+    first_confirmed = threading.Event()
+    waited: list[bool] = []
+
+    def items() -> Iterator[TransferItem]:
+        yield item_for(write(tmp_path / "a", b"first"), "stream/a")
+        waited.append(first_confirmed.wait(timeout=60))
+        yield item_for(write(tmp_path / "b", b"second"), "stream/b")
+
+    try:
+        results = backend.put_batch(items())
+        first = next(results)
+        first_confirmed.set()
+        rest = list(results)
+    finally:
+        backend.close()
+    assert (first.ok, first.item.key) == (True, "stream/a")
+    assert waited == [True]  # the first file's result came before the second was given
+    assert [(r.ok, r.item.key) for r in rest] == [(True, "stream/b")]
+
+
 def test_newline_in_a_key_is_refused_by_s5cmd_and_sent_by_native(s3, target, tmp_path):
     source = write(tmp_path / "f.fits", b"payload")
     item = TransferItem(str(source), "nl/new\nline.fits", 7)
