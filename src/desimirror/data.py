@@ -52,6 +52,10 @@ from desimirror.access.env import data_model_env, detect_layout, normalize_relea
 from desimirror.errors import UsageError
 
 DEFAULT_BLOCK_SIZE = 2**20  # a FITS header read costs one block; sequential reads merge blocks
+#: Whole-file fetches (``local_path``) go in ranged parts of this size, ten at a time (s3fs's
+#: ``max_concurrency``): with 1 MiB blocks a 300 MB file took 300 requests and 3.4x the time
+#: of a plain boto3 download.
+WHOLE_FILE_PART_SIZE = 16 * 2**20
 
 __all__ = ["filesystem", "local_path", "ls", "open", "resolve"]
 
@@ -212,7 +216,7 @@ def local_path(path: str, *, release: str | None = None, config: AccessConfig | 
         if not local.is_file():
             raise UsageError(f"{path!r}: no such file in {cfg.local}")
         return str(local)
-    remote = _mirror(cfg, "none", DEFAULT_BLOCK_SIZE)
+    remote = _mirror(cfg, "none", WHOLE_FILE_PART_SIZE)
     fs = WholeFileCacheFileSystem(
         fs=remote,
         cache_storage=str(cfg.cache_dir / "fsspec-files"),
