@@ -9,6 +9,17 @@ from pathlib import Path
 
 DESIMIRROR = str(Path(sys.executable).parent / "desimirror")
 
+#: The project's shared folder (seeds, peers, real files the original tools wrote): beside
+#: the checkout, as CI lays it out, else where the development machines keep it.
+SHARED = next(
+    (
+        p
+        for p in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared"))
+        if p.is_dir()
+    ),
+    Path("/work/shared"),
+)
+
 
 @dataclass(frozen=True)
 class S3Endpoint:

@@ -18,9 +18,9 @@ import desimirror.crawl
 from desimirror.crawl import _Concurrency, crawl, resolve_root, scan_directory
 from desimirror.errors import StateError, UsageError
 from desimirror.manifest import Entry, Manifest
-from helpers import assert_clean_error, run_cli
+from helpers import SHARED, assert_clean_error, run_cli
 
-FIND_PY = Path("/work/shared/peers/desi-aws/find.py")
+FIND_PY = SHARED / "peers" / "desi-aws" / "find.py"
 ODD_NAMES = [
     "with space.fits",
     'quote\'s "double".txt',

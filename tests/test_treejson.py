@@ -14,9 +14,9 @@ import desimirror.treejson as treejson
 from desimirror.errors import StateError, UsageError
 from desimirror.manifest import Manifest
 from desimirror.treejson import export_tree_json, import_tree_json, iter_tree_json, write_tree_json
-from helpers import assert_clean_error, run_cli
+from helpers import SHARED, assert_clean_error, run_cli
 
-EDR = Path("/work/shared/data/edr-calibnight-find.json")
+EDR = SHARED / "data" / "edr-calibnight-find.json"
 needs_edr = pytest.mark.skipif(not EDR.exists(), reason="the EDR sample is not here")
 
 
