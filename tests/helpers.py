@@ -54,6 +54,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> No
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines, "expected an error message on stderr"
-    assert lines[-1].startswith(("desimirror: error:", "Error:")), proc.stderr
+    assert lines[-1].startswith("desimirror: error:"), proc.stderr
+    assert not any(line.startswith(("Usage:", "Try ")) for line in lines), proc.stderr
     for fragment in fragments:
         assert fragment in proc.stderr, (fragment, proc.stderr)

@@ -51,8 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("desimirror: interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # click's own three-line form, as one line
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"desimirror: error: {redact(exc.format_message())}{where}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"desimirror: error: {redact(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo(
