@@ -31,6 +31,16 @@ linux_only = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and 
 MiB = 1 << 20
 PART = 5 * MiB  # the smallest part S3 accepts: makes a 20 MB file a 4-part upload
 
+
+def send_with_s5cmd(target: S3Target, items: list[TransferItem]):
+    """A fresh s5cmd backend, and its results for ``items`` (it is closed after)."""
+    backend = tune(transfer.get("s5cmd", target, 4))
+    try:
+        return backend, list(backend.put_batch(items))
+    finally:
+        backend.close()
+
+
 ODD_NAMES = [
     "with space.fits",
     "single'quote.fits",
@@ -247,15 +257,16 @@ def test_results_stream_before_the_batch_ends(backend, tmp_path):
 
 
 def test_s5cmd_starts_on_the_first_item_while_later_ones_are_still_coming(target, tmp_path):
-    """The uploader hashes each file before handing it over: s5cmd must not wait for all."""
+    """The uploader hashes each file before handing it over: s5cmd must not wait for all
+    (a directory's files are held until the directory ends, so these are in two)."""
     backend = tune(transfer.get("s5cmd", target, 4))
     first_confirmed = threading.Event()
     waited: list[bool] = []
 
     def items() -> Iterator[TransferItem]:
-        yield item_for(write(tmp_path / "a", b"first"), "stream/a")
+        yield item_for(write(tmp_path / "one" / "a", b"first"), "stream/a")
         waited.append(first_confirmed.wait(timeout=60))
-        yield item_for(write(tmp_path / "b", b"second"), "stream/b")
+        yield item_for(write(tmp_path / "two" / "b", b"second"), "stream/b")
 
     try:
         results = backend.put_batch(items())
@@ -504,3 +515,53 @@ def _zombie(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rindex(")") + 2] == "Z"
+
+
+ODD_NAMES = [".hidden", "a b.fits", "é.fits", "q'uote.fits", 'dq"x', "h#sh", "star*name", "br[a]"]
+
+
+def test_a_whole_directory_goes_on_one_line_with_a_result_per_file(s3, bucket, target, tmp_path):
+    blobs = {name: os.urandom(100 + i) for i, name in enumerate(ODD_NAMES)}
+    items = [item_for(write(tmp_path / "d" / n, b), f"rel/dir x/{n}") for n, b in blobs.items()]
+    backend, results = send_with_s5cmd(target, items)
+    assert backend.whole_directories == 1
+    assert_one_each(items, results)
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    for name, data in blobs.items():
+        assert fetch(s3, bucket, f"rel/dir x/{name}") == data, name
+
+
+@pytest.mark.parametrize("other", ["file not in the batch", "symlink", "subdirectory"])
+def test_a_directory_holding_anything_else_goes_file_by_file(
+    s3, bucket, target, tmp_path, other: str
+) -> None:
+    names = [f"f{i}.fits" for i in range(6)]
+    items = [item_for(write(tmp_path / "d" / n, n.encode()), f"rel/d/{n}") for n in names]
+    if other == "file not in the batch":
+        write(tmp_path / "d" / "extra.fits", b"not mine")
+    elif other == "symlink":
+        (tmp_path / "d" / "link.fits").symlink_to(tmp_path / "d" / "f0.fits")
+    else:
+        write(tmp_path / "d" / "sub" / "deep.fits", b"deeper")
+    backend, results = send_with_s5cmd(target, items)
+    assert backend.whole_directories == 0
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    listed = s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert sorted(o["Key"] for o in listed) == sorted(f"rel/d/{n}" for n in names)
+
+
+def test_files_of_a_directory_given_apart_are_all_sent(s3, bucket, target, tmp_path):
+    # the batch names every file of the directory, but not one after another
+    names = [f"f{i}.fits" for i in range(5)]
+    for n in names:
+        write(tmp_path / "d" / n, n.encode())
+    other = write(tmp_path / "e" / "g.fits", b"elsewhere")
+    paths = [tmp_path / "d" / n for n in names]
+    order = [*paths[:3], other, *paths[3:]]
+    keys = {p: f"rel/{p.parent.name}/{p.name}" for p in order}
+    items = [item_for(p, keys[p]) for p in order]
+    _, results = send_with_s5cmd(target, items)
+    assert_one_each(items, results)
+    assert all(r.ok for r in results)
+    for p in order:
+        assert fetch(s3, bucket, keys[p]) == p.read_bytes()
