@@ -276,6 +276,53 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
+def list_pages(
+    client: Any,
+    bucket: str,
+    prefix: str = "",
+    *,
+    delimited: bool = False,
+    page_size: int | None = None,
+    attempts: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[dict]:
+    """Every ListObjectsV2 page under ``prefix`` (one "directory" of it if ``delimited``).
+
+    A listing of millions of keys must survive a transient error on one page: the listing
+    resumes from the last continuation token (with backoff) instead of starting over.
+    """
+    from botocore import exceptions as bx
+
+    paginator = client.get_paginator("list_objects_v2")
+    token: str | None = None
+    failures = 0
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        if delimited:
+            kwargs["Delimiter"] = "/"
+        if page_size:
+            kwargs["PaginationConfig"] = {"PageSize": page_size}
+        if token:  # the plain API parameter: the paginator passes it to the first request
+            kwargs["ContinuationToken"] = token
+        try:
+            for page in paginator.paginate(**kwargs):
+                yield page
+                token = page.get("NextContinuationToken") or token
+                failures = 0
+            return
+        except (bx.BotoCoreError, bx.ClientError) as exc:
+            failures += 1
+            if failures >= attempts or not _is_transient(exc):
+                raise bucket_error(client, bucket, exc) from None
+            sleep(min(30.0, 2.0 ** (failures - 1)))
+
+
+def page_objects(page: dict) -> Iterator[tuple[str, int, str]]:
+    """``(key, size, etag)`` of the objects of one page, ETags without their quotes."""
+    for obj in page.get("Contents", ()):
+        yield obj["Key"], int(obj["Size"]), strip_etag(obj.get("ETag"))
+
+
 def list_objects(
     client: Any,
     bucket: str,
@@ -285,35 +332,12 @@ def list_objects(
     attempts: int = 5,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[tuple[str, int, str]]:
-    """Stream ``(key, size, etag)`` for every object under ``prefix``, page by page.
-
-    A listing of millions of keys must survive a transient error on one page: the listing
-    resumes from the last continuation token (with backoff) instead of starting over. ETags
-    are returned without their surrounding quotes.
-    """
-    from botocore import exceptions as bx
-
-    paginator = client.get_paginator("list_objects_v2")
-    token: str | None = None
-    failures = 0
-    while True:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-        if page_size:
-            kwargs["PaginationConfig"] = {"PageSize": page_size}
-        if token:  # the plain API parameter: the paginator passes it to the first request
-            kwargs["ContinuationToken"] = token
-        try:
-            for page in paginator.paginate(**kwargs):
-                for obj in page.get("Contents", ()):
-                    yield obj["Key"], int(obj["Size"]), strip_etag(obj.get("ETag"))
-                token = page.get("NextContinuationToken") or token
-                failures = 0
-            return
-        except (bx.BotoCoreError, bx.ClientError) as exc:
-            failures += 1
-            if failures >= attempts or not _is_transient(exc):
-                raise bucket_error(client, bucket, exc) from None
-            sleep(min(30.0, 2.0 ** (failures - 1)))
+    """Stream ``(key, size, etag)`` for every object under ``prefix``, page by page (see
+    :func:`list_pages` for the resuming)."""
+    for page in list_pages(
+        client, bucket, prefix, page_size=page_size, attempts=attempts, sleep=sleep
+    ):
+        yield from page_objects(page)
 
 
 def strip_etag(etag: str | None) -> str:

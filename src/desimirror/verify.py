@@ -252,7 +252,8 @@ def verify(
     ``checksum`` proves content too (see :mod:`desimirror.content`); ``sample`` checks a
     random fraction of the objects; ``reread`` hashes every checked object's bytes.
     """
-    from desimirror.s3client import check_bucket, list_objects, make_client
+    from desimirror.listing import list_tree
+    from desimirror.s3client import check_bucket, make_client
 
     client = make_client(target, max_pool_connections=workers + 2)
     check_bucket(client, target.bucket)
@@ -265,7 +266,7 @@ def verify(
         manifest,
         keymap,
         target.bucket,
-        lambda prefix: list_objects(client, target.bucket, prefix),
+        lambda prefix: list_tree(client, target.bucket, prefix, workers=workers),
         subdir=subdir,
         report_file=report_file,
         progress=progress,

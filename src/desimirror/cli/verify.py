@@ -46,7 +46,7 @@ from desimirror.verify import VerifyReport, verify
     type=click.IntRange(1, 256),
     default=16,
     show_default=True,
-    help="Objects checked at once.",
+    help="Requests at once: listings of parts of the prefixes, and objects checked.",
 )
 @click.option(
     "--report",
