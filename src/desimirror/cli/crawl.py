@@ -13,6 +13,7 @@ import click
 from desimirror.cli.common import db_option, emit_json
 from desimirror.crawl import DEFAULT_WORKERS, CrawlSummary, crawl, resolve_root
 from desimirror.errors import UsageError
+from desimirror.executors import crawl_placement
 from desimirror.manifest import Manifest
 from desimirror.progress import for_terminal
 from desimirror.treejson import export_tree_json, import_tree_json
@@ -34,6 +35,20 @@ _SHOWN_ERRORS = 5
     show_default=True,
     help="Threads listing directories, at most; how many are busy adapts to the filesystem "
     "(a network filesystem wants many, a local disk one or two).",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="List directories in this many processes instead of threads (when the client's "
+    "CPU, not the filesystem's latency, is the limit).",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="List directories on the workers of this Dask scheduler (tcp://HOST:8786); they "
+    "must see the tree at the same path. Needs desimirror[dask].",
 )
 @click.option(
     "--json",
@@ -63,6 +78,8 @@ def command(
     root: str | None,
     db: str,
     workers: int,
+    processes: int | None,
+    scheduler: str | None,
     json_out: str | None,
     json_report: bool,
     from_json: str | None,
@@ -84,13 +101,15 @@ def command(
     if from_json is not None:
         if root is not None:
             raise UsageError("give either a directory to crawl or --from-json FILE, not both")
-        summary = _import(from_json, tree_root, db, report_json)
+        if processes or scheduler:
+            raise UsageError("--processes and --scheduler go with a crawl, not --from-json")
+        summary, ran_on = _import(from_json, tree_root, db, report_json), None
     else:
-        summary = _crawl(root, tree_root, db, workers, report_json)
+        summary, ran_on = _crawl(root, tree_root, db, workers, report_json, processes, scheduler)
     if tree_json is not None:
         with Manifest.open(db) as manifest:
             export_tree_json(manifest, tree_json)
-    report = {**summary.as_dict(), "db": db, "find_json": tree_json}
+    report = {**summary.as_dict(), "db": db, "find_json": tree_json, "ran_on": ran_on}
     if report_json:
         emit_json(report)
         return
@@ -100,15 +119,31 @@ def command(
 
 
 def _crawl(
-    root: str | None, tree_root: str | None, db: str, workers: int, quiet: bool
-) -> CrawlSummary:
+    root: str | None,
+    tree_root: str | None,
+    db: str,
+    workers: int,
+    quiet: bool,
+    processes: int | None,
+    scheduler: str | None,
+) -> tuple[CrawlSummary, str]:
     if root is None:
         raise UsageError("give a directory to crawl, or --from-json FILE")
     if tree_root is not None:
         raise UsageError("--root goes with --from-json; to crawl, give the directory itself")
     tree = resolve_root(root, db)  # before the db exists: a typo must not leave a db behind
-    with Manifest.open(db, create=True) as manifest:
-        return crawl(tree, manifest, workers=workers, progress=for_terminal(quiet))
+    with crawl_placement(processes, scheduler) as placement:
+        budget = {"task_seconds": placement.task_seconds} if placement.task_seconds else {}
+        with Manifest.open(db, create=True) as manifest:
+            summary = crawl(
+                tree,
+                manifest,
+                executor=placement.executor,
+                workers=workers,
+                progress=for_terminal(quiet),
+                **budget,
+            )
+    return summary, placement.where
 
 
 def _import(source: str, tree_root: str | None, db: str, quiet: bool) -> CrawlSummary:
@@ -128,7 +163,9 @@ def _lines(r: dict) -> list[str]:
     lines = [
         f"{verb} {what}: {r['entries']:,} entries ({kinds.get('file', 0):,} files, "
         f"{kinds.get('dir', 0):,} dirs, {kinds.get('link', 0):,} symlinks, "
-        f"{kinds.get('other', 0):,} other) in {r['seconds']:.1f}s "
+        f"{kinds.get('other', 0):,} other) in {r['seconds']:.1f}s"
+        + (f" on {r['ran_on']}" if r["ran_on"] not in (None, "threads") else "")
+        + " "
         f"({r['entries_per_second']:,.0f} entries/s, {r['dirs_per_second']:,.0f} dirs/s)",
         f"  to upload: {r['files']:,} files, {format_size(r['bytes'])}; {r['errors']:,} errors",
     ]

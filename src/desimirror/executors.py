@@ -1,0 +1,68 @@
+"""Where the crawl's directory tasks run: threads here, processes here, or a Dask cluster.
+
+Threads are the default and enough while the filesystem's latency is the limit. When the
+client's CPU is (each ``lstat`` through a FUSE or DVS client costs tens of microseconds of
+kernel time), a process pool spreads the calls over the node's cores; a Dask cluster
+(``dask-jobqueue`` on Slurm at NERSC, or any ``dask scheduler``) spreads them over nodes
+that mount the same filesystem at the same path. The crawl sees one
+:class:`concurrent.futures.Executor` in every case; only the task's time budget differs,
+so that a task is worth what it costs to ship to a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+
+from desimirror.errors import UsageError
+
+#: A task's time budget on a process pool: the hand-off costs about a millisecond.
+PROCESS_TASK_SECONDS = 0.05
+#: ... and on a cluster, where a task costs a few milliseconds of scheduling and network.
+CLUSTER_TASK_SECONDS = 0.5
+CONNECT_SECONDS = 20
+
+
+@dataclass(frozen=True)
+class Placement:
+    """An executor for the crawl (None: its own threads) and the task budget to use."""
+
+    executor: Executor | None
+    task_seconds: float | None
+    where: str
+
+
+@contextlib.contextmanager
+def crawl_placement(processes: int | None, scheduler: str | None) -> Iterator[Placement]:
+    """The executor asked for on the command line, shut down (or left) when done."""
+    if processes and scheduler:
+        raise UsageError("give either --processes or --scheduler, not both")
+    if scheduler:
+        with _dask_executor(scheduler) as (executor, where):
+            yield Placement(executor, CLUSTER_TASK_SECONDS, where)
+    elif processes:
+        with ProcessPoolExecutor(processes) as pool:
+            yield Placement(pool, PROCESS_TASK_SECONDS, f"{processes} processes")
+    else:
+        yield Placement(None, None, "threads")
+
+
+@contextlib.contextmanager
+def _dask_executor(address: str) -> Iterator[tuple[Executor, str]]:
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError(
+            "--scheduler needs dask.distributed: pip install 'desimirror[dask]'"
+        ) from None
+    try:
+        client = Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    try:
+        workers = len(client.scheduler_info().get("workers", {}))
+        yield client.get_executor(), f"Dask at {address} ({workers} workers)"
+    finally:
+        client.close()
