@@ -34,7 +34,8 @@ _SHOWN_ERRORS = 5
     default=DEFAULT_WORKERS,
     show_default=True,
     help="Threads listing directories, at most; how many are busy adapts to the filesystem "
-    "(a network filesystem wants many, a local disk one or two).",
+    "(a network filesystem wants many, a local disk one or two). With --processes or "
+    "--scheduler, twice this many tasks are kept in flight.",
 )
 @click.option(
     "--processes",
