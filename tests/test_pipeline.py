@@ -7,6 +7,7 @@ without loss, and bad input gets one clear line.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -16,9 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from desimirror.keys import KeyMap
-from desimirror.manifest import Manifest
+from desimirror.manifest import Entry, Manifest
+from desimirror.upload import _chunks, _Job
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 
 pytestmark = pytest.mark.s3
@@ -417,3 +421,25 @@ def test_the_seed_makefile_interface_runs_from_an_operators_directory(
     assert not any(k.startswith(("edr/spectro/data/", "edr/target/")) for k in keys)
     with Manifest.open(work / "edr.db") as manifest:
         assert manifest.root == str(public / "edr")
+
+
+@given(
+    dirs=st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=20),
+    max_files=st.integers(min_value=1, max_value=25),
+)
+def test_chunks_cover_the_batch_in_order_and_cut_between_directories(
+    dirs: list[int], max_files: int
+) -> None:
+    jobs = [
+        (f"k/d{d}/f{i}", _Job(Entry(f"d{d}/f{i}", "file", 1), f"/src/d{d}/f{i}"))
+        for d, count in enumerate(dirs)
+        for i in range(count)
+    ]
+    chunks = _chunks(jobs, max_files, max_bytes=1 << 40)
+    assert [pair for chunk in chunks for pair in chunk] == jobs
+    assert all(len(chunk) <= 2 * max_files for chunk in chunks)
+    for chunk, following in itertools.pairwise(chunks):
+        same_dir = chunk[-1][1].entry.path.split("/")[0] == following[0][1].entry.path.split("/")[0]
+        # a directory is cut only where the chunk reached twice the limit
+        assert not same_dir or len(chunk) == 2 * max_files
+        assert len(chunk) >= max_files  # never cut before the chunk is full

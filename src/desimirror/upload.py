@@ -271,18 +271,30 @@ class _Job:
 
 
 def _chunks(jobs: list[tuple[str, _Job]], max_files: int, max_bytes: int) -> list[list]:
+    """Cut a batch into runs of s5cmd of about ``max_files`` files and ``max_bytes``.
+
+    A chunk that is full goes on to the end of its last directory (up to twice the
+    limits), so that a directory is not cut in two where it could go on one line.
+    """
     chunks: list[list[tuple[str, _Job]]] = []
     current: list[tuple[str, _Job]] = []
     size = 0
     for pair in jobs:
-        if current and (len(current) >= max_files or size + pair[1].entry.size > max_bytes):
-            chunks.append(current)
-            current, size = [], 0
+        grown = size + pair[1].entry.size
+        if current and (len(current) >= max_files or grown > max_bytes):
+            same_dir = _directory(pair) == _directory(current[-1])
+            if not same_dir or len(current) >= 2 * max_files or grown > 2 * max_bytes:
+                chunks.append(current)
+                current, size = [], 0
         current.append(pair)
         size += pair[1].entry.size
     if current:
         chunks.append(current)
     return chunks
+
+
+def _directory(pair: tuple[str, _Job]) -> str:
+    return pair[1].entry.path.rpartition("/")[0]
 
 
 class _Uploader:
