@@ -57,45 +57,26 @@ def prepare(root: Path, db: Path, *plan_args: str) -> None:
     run_cli("plan", "--db", str(db), "--max-batch-size", "1MB", *plan_args, check=True)
 
 
-def upload(db: Path, bucket: str, endpoint: str, env: dict, *args: str):
-    """Run ``desimirror upload --json``; returns (process, report or None)."""
-    proc = run_cli(
-        "upload",
-        "--db",
-        str(db),
-        "--bucket",
-        f"s3://{bucket}",
-        "--endpoint-url",
-        endpoint,
-        "--json",
-        *args,
-        env=env,
-    )
+def against(command: str, db: Path, bucket: str, endpoint: str, env: dict, *args: str):
+    """Run ``desimirror COMMAND --db DB --bucket s3://BUCKET --endpoint-url URL ARGS``;
+    returns (process, its ``--json`` report or None)."""
+    target = ["--db", str(db), "--bucket", f"s3://{bucket}", "--endpoint-url", endpoint]
+    proc = run_cli(command, *target, "--json", *args, env=env)
     try:
         report = json.loads(proc.stdout)
     except ValueError:
         report = None
     return proc, report
+
+
+def upload(db: Path, bucket: str, endpoint: str, env: dict, *args: str):
+    """``desimirror upload --json``: (process, report or None)."""
+    return against("upload", db, bucket, endpoint, env, *args)
 
 
 def verify(db: Path, bucket: str, endpoint: str, env: dict, *args: str):
-    proc = run_cli(
-        "verify",
-        "--db",
-        str(db),
-        "--bucket",
-        f"s3://{bucket}",
-        "--endpoint-url",
-        endpoint,
-        "--json",
-        *args,
-        env=env,
-    )
-    try:
-        report = json.loads(proc.stdout)
-    except ValueError:
-        report = None
-    return proc, report
+    """``desimirror verify --json``: (process, report or None)."""
+    return against("verify", db, bucket, endpoint, env, *args)
 
 
 def rows(db: Path, query: str, args: tuple = ()) -> list[tuple]:
