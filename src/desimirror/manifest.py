@@ -410,14 +410,7 @@ class Manifest:
                 # entries that vanished lose their failure records; uploads stay for verify
                 conn.execute("DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)")
             self._compute_dir_sizes()
-            n_entries = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
-            n_errors = conn.execute(
-                "SELECT count(*) FROM crawl_errors WHERE crawl_id = ?", (crawl_id,)
-            ).fetchone()[0]
-            conn.execute(
-                "UPDATE crawls SET finished = ?, entries = ?, errors = ? WHERE id = ?",
-                (time.time(), n_entries, n_errors, crawl_id),
-            )
+            _record_crawl_counts(conn, crawl_id)
 
     def _compute_dir_sizes(self) -> None:
         """Set each directory's size to the recursive sum of the uploadables below it.
@@ -872,12 +865,17 @@ class Manifest:
                     conn.execute(
                         "DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)"
                     )
-            n_entries = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
-            n_errors = conn.execute(
-                "SELECT count(*) FROM crawl_errors WHERE crawl_id = ?", (crawl_id,)
-            ).fetchone()[0]
-            conn.execute(
-                "UPDATE crawls SET finished = ?, entries = ?, errors = ? WHERE id = ?",
-                (time.time(), n_entries, n_errors, crawl_id),
-            )
+            _record_crawl_counts(conn, crawl_id)
         return dropped
+
+
+def _record_crawl_counts(conn: sqlite3.Connection, crawl_id: int) -> None:
+    """Mark a crawl finished with the manifest's entry count and the crawl's error count."""
+    n_entries = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+    n_errors = conn.execute(
+        "SELECT count(*) FROM crawl_errors WHERE crawl_id = ?", (crawl_id,)
+    ).fetchone()[0]
+    conn.execute(
+        "UPDATE crawls SET finished = ?, entries = ?, errors = ? WHERE id = ?",
+        (time.time(), n_entries, n_errors, crawl_id),
+    )
