@@ -78,8 +78,15 @@ def test_a_directory_of_110k_entries(tmp_path: Path, manifest: Manifest) -> None
     count = "SELECT count(*) FROM entries WHERE parent = 'wide'"
     assert manifest.conn.execute(count).fetchone()[0] == 110_001
     assert manifest.get("wide").size == 12345
+    st = os.lstat(wide + b"/f109999")
     assert manifest.get("wide/f109999") == Entry(
-        "wide/f109999", "file", 0, os.lstat(wide + b"/f109999").st_mtime_ns
+        "wide/f109999",
+        "file",
+        0,
+        st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        ino=st.st_ino,
+        dev=st.st_dev,
     )
     assert has_parent_index(manifest)
 

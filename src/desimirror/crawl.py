@@ -114,12 +114,14 @@ PIPE_BYTES = 1 << 20
 ERROR_EXAMPLES = 20
 
 #: A manifest row as the crawl makes it, see :meth:`Manifest.put_crawl_rows`:
-#: (path, parent, name, kind, size, mtime_ns, link_target, link_kind).
-Row = tuple[str, str | None, str, str, int, int | None, str | None, str | None]
+#: (path, parent, name, kind, size, mtime_ns, link_target, link_kind, ctime_ns, ino, dev).
+Row = tuple[str, str | None, str, str, int, int | None, str | None, str | None, int, int, int]
 #: A row as a task returns it, without the directory: (name, kind, size, mtime_ns,
-#: link_target, link_kind). :func:`expand` puts the path and parent back; rows travel
-#: (to the writer process, or from a process pool or a cluster) at about half the size.
-Item = tuple[str, str, int, int | None, str | None, str | None]
+#: link_target, link_kind, ctime_ns, ino, dev). :func:`expand` puts the path and parent
+#: back; rows travel (to the writer process, or from a process pool or a cluster) at about
+#: half the size. The last three are the file's identity, which a user cannot set back as
+#: ``touch -r`` sets back an mtime: the uploader checks them before and after each read.
+Item = tuple[str, str, int, int | None, str | None, str | None, int, int, int]
 #: One directory's (or slice's) items: (directory, items).
 Group = tuple[str, list[Item]]
 #: What the writer gets at a time: groups of rows and (path, message) errors.
@@ -158,6 +160,7 @@ class TreeRoot:
     name: str  # basename: the default key prefix
     mtime_ns: int  # the root's own mtime, for its row
     exclude: frozenset[str] = frozenset()  # relative paths never recorded (our own db)
+    identity: tuple[int, int, int] = (0, 0, 0)  # the root's (ctime_ns, ino, dev)
 
 
 @dataclass(slots=True)
@@ -260,7 +263,8 @@ def resolve_root(
     if not _is_utf8(name):
         raise UsageError(f"the name of {root} is not valid UTF-8")
     real = os.path.realpath(path)
-    return TreeRoot(path, real, name, st.st_mtime_ns, _excluded(real, db))
+    identity = (st.st_ctime_ns, st.st_ino, st.st_dev)
+    return TreeRoot(path, real, name, st.st_mtime_ns, _excluded(real, db), identity)
 
 
 def _excluded(real_root: str, db: str | os.PathLike[str] | None) -> frozenset[str]:
@@ -433,11 +437,35 @@ def _stat_names(
                 fmt = st.st_mode & _FMT
                 if fmt == _REG:
                     size = st.st_size
-                    add((name, "file", size, st.st_mtime_ns, None, None))
+                    add(
+                        (
+                            name,
+                            "file",
+                            size,
+                            st.st_mtime_ns,
+                            None,
+                            None,
+                            st.st_ctime_ns,
+                            st.st_ino,
+                            st.st_dev,
+                        )
+                    )
                     nbytes += size
                     files += 1
                 elif fmt == _DIR:
-                    add((name, "dir", 0, st.st_mtime_ns, None, None))
+                    add(
+                        (
+                            name,
+                            "dir",
+                            0,
+                            st.st_mtime_ns,
+                            None,
+                            None,
+                            st.st_ctime_ns,
+                            st.st_ino,
+                            st.st_dev,
+                        )
+                    )
                     subdirs.append(pre + name)
                     dirs += 1
                 elif fmt == _LNK:
@@ -448,7 +476,19 @@ def _stat_names(
                     if link_kind == "file":
                         nbytes += item[2]
                 else:
-                    add((name, "other", 0, st.st_mtime_ns, None, None))
+                    add(
+                        (
+                            name,
+                            "other",
+                            0,
+                            st.st_mtime_ns,
+                            None,
+                            None,
+                            st.st_ctime_ns,
+                            st.st_ino,
+                            st.st_dev,
+                        )
+                    )
                     others += 1
             except FileNotFoundError:
                 errors.append(CrawlError(pre + name, "vanished during the crawl", False))
@@ -475,27 +515,30 @@ def _stat_names(
 def _link(tree: TreeRoot, name: str, path: str, fd: int, st: os.stat_result) -> Item:
     """Classify a symlink by where it finally resolves; only 'file' links are uploaded.
 
-    A link to a regular file inside the tree takes the target's size and mtime: those are
-    the bytes the uploader will send and the state it will check. A link resolving to
-    something that is neither a file nor a directory (a FIFO, a device) counts as broken,
-    and so does one that cannot be resolved (dangling, a loop, a path too long).
+    A link to a regular file inside the tree takes the target's size, mtime and identity:
+    those are the bytes the uploader will send and the state it will check. A link
+    resolving to something that is neither a file nor a directory (a FIFO, a device)
+    counts as broken, and so does one that cannot be resolved (dangling, a loop, a path
+    too long). Links that are not uploaded keep the link's own identity.
     """
     target = _shown(os.readlink(name, dir_fd=fd))
+    own = (st.st_ctime_ns, st.st_ino, st.st_dev)
     mtime = st.st_mtime_ns
     try:
         real = os.path.realpath(f"{tree.path}/{path}", strict=True)
         inside = real == tree.real or real.startswith(tree.real + os.sep)
         if not inside:
-            return (name, "link", 0, mtime, target, "outside")
+            return (name, "link", 0, mtime, target, "outside", *own)
         target_st = os.stat(real)
     except (OSError, ValueError):
-        return (name, "link", 0, mtime, target, "broken")
+        return (name, "link", 0, mtime, target, "broken", *own)
     if stat.S_ISREG(target_st.st_mode):
         size = target_st.st_size
-        return (name, "link", size, target_st.st_mtime_ns, target, "file")
+        identity = (target_st.st_ctime_ns, target_st.st_ino, target_st.st_dev)
+        return (name, "link", size, target_st.st_mtime_ns, target, "file", *identity)
     if stat.S_ISDIR(target_st.st_mode):
-        return (name, "link", 0, mtime, target, "dir")
-    return (name, "link", 0, mtime, target, "broken")
+        return (name, "link", 0, mtime, target, "dir", *own)
+    return (name, "link", 0, mtime, target, "broken", *own)
 
 
 # ---------------------------------------------------------------- how many in flight
@@ -596,7 +639,7 @@ def expand(groups: list[Group]) -> list[Row]:
     rows: list[Row] = []
     for rel, items in groups:
         pre = rel + "/" if rel else ""
-        rows += [(pre + n, rel, n, k, s, m, t, lk) for n, k, s, m, t, lk in items]
+        rows += [(pre + n, rel, n, k, s, m, t, lk, c, i, d) for n, k, s, m, t, lk, c, i, d in items]
     return rows
 
 
@@ -974,7 +1017,8 @@ def crawl(
     crawl_id = manifest.begin_crawl(tree.path)
     summary = CrawlSummary(crawl_id, tree.path, tree.name, "crawl")
     with manifest.atomic():
-        manifest.put_crawl_rows(crawl_id, [("", None, "", "dir", 0, tree.mtime_ns, None, None)])
+        root_row = ("", None, "", "dir", 0, tree.mtime_ns, None, None, *tree.identity)
+        manifest.put_crawl_rows(crawl_id, [root_row])
     summary.entries, summary.kinds["dir"] = 1, 1
     # the writer first: its process is forked before this crawl starts any thread
     fork = writer_process if writer_process is not None else hasattr(os, "fork")

@@ -14,6 +14,7 @@ index answers without recursion.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from desimirror.errors import StateError
+from desimirror.errors import StateError, UsageError
 
 APP_ID = "desimirror"
 SCHEMA_VERSION = 1
@@ -46,7 +47,10 @@ CREATE TABLE entries (
     link_target TEXT,                     -- symlinks: what readlink says
     link_kind TEXT,                       -- symlinks: file | dir | outside | broken
     sha256    TEXT,                       -- published (*.sha256sum) or computed checksum
-    crawl_id  INTEGER NOT NULL            -- the last crawl that saw this entry
+    crawl_id  INTEGER NOT NULL,           -- the last crawl that saw this entry
+    ctime_ns  INTEGER,                    -- identity at the crawl (for links to files: the
+    ino       INTEGER,                    -- target's), which no user can set back as
+    dev       INTEGER                     -- touch -r sets back an mtime; NULL if not stat'ed
 ) WITHOUT ROWID;
 CREATE INDEX entries_by_parent ON entries (parent, name);
 CREATE TABLE crawls (
@@ -85,7 +89,10 @@ CREATE TABLE uploads (
     part_size INTEGER,                    -- multipart objects: the part size ...
     parts TEXT,                           -- ... and the parts' base64 SHA-256s, space-separated
     proof TEXT,                           -- how the content was confirmed (see UploadRecord)
-    adopted INTEGER NOT NULL DEFAULT 0    -- 1: found in the bucket, not sent
+    adopted INTEGER NOT NULL DEFAULT 0,   -- 1: found in the bucket, not sent
+    ctime_ns INTEGER,                     -- the file's identity when it was sent (NULL in
+    ino INTEGER,                          -- records older than these columns: compared by
+    dev INTEGER                           -- size and mtime only)
 ) WITHOUT ROWID;
 CREATE TABLE failures (
     path TEXT PRIMARY KEY,
@@ -127,6 +134,12 @@ _ADDED_COLUMNS = (
     ("uploads", "parts", "TEXT"),
     ("uploads", "proof", "TEXT"),
     ("uploads", "adopted", "INTEGER NOT NULL DEFAULT 0"),
+    ("entries", "ctime_ns", "INTEGER"),
+    ("entries", "ino", "INTEGER"),
+    ("entries", "dev", "INTEGER"),
+    ("uploads", "ctime_ns", "INTEGER"),
+    ("uploads", "ino", "INTEGER"),
+    ("uploads", "dev", "INTEGER"),
 )
 
 
@@ -141,6 +154,16 @@ class Entry:
     link_target: str | None = None
     link_kind: LinkKind | None = None
     sha256: str | None = None
+    ctime_ns: int | None = None
+    ino: int | None = None
+    dev: int | None = None
+
+    @property
+    def identity(self) -> tuple[int, int, int] | None:
+        """(ctime_ns, ino, dev) as the crawl saw them, None where it did not stat."""
+        if self.ino is None or self.ctime_ns is None or self.dev is None:
+            return None
+        return (self.ctime_ns, self.ino, self.dev)
 
     @property
     def name(self) -> str:
@@ -162,6 +185,8 @@ class UploadRecord:
     part's SHA-256, and the parts were read in order into the whole-file SHA-256),
     ``etag`` (the object's MD5 ETag equals the one computed from the file), ``size``
     (adopted by size only, content unproven), ``none`` (sent; the store confirmed no checksum).
+    ``ctime_ns``, ``ino`` and ``dev`` are the file's identity when it was sent: a later
+    crawl that finds another identity makes the file pending again.
     """
 
     path: str
@@ -174,6 +199,17 @@ class UploadRecord:
     parts: tuple[str, ...] = ()
     proof: str = "none"
     adopted: bool = False
+    ctime_ns: int | None = None
+    ino: int | None = None
+    dev: int | None = None
+
+
+#: An upsert's test that the entry is the same file as before (so its checksum still holds).
+_UNCHANGED = (
+    "entries.size = excluded.size AND entries.mtime_ns IS excluded.mtime_ns"
+    " AND entries.ctime_ns IS excluded.ctime_ns AND entries.ino IS excluded.ino"
+    " AND entries.dev IS excluded.dev"
+)
 
 
 def subtree_range(path: str) -> tuple[str, str]:
@@ -280,6 +316,8 @@ class Manifest:
             if (m := _CREATES.match(statement)) and m.group(1) in missing
         ]
         for table, column, ddl in _ADDED_COLUMNS:
+            if table not in tables:
+                continue
             have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 statements.append(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
@@ -351,6 +389,45 @@ class Manifest:
 
     # -- crawl ---------------------------------------------------------------------------
 
+    def unfinished_crawl(self) -> tuple[int, float] | None:
+        """(id, started) of the last crawl if it never finished (interrupted, killed, its
+        node rebooted), else None. Its manifest holds only part of the tree."""
+        row = self.conn.execute(
+            "SELECT id, started, finished FROM crawls ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return (row[0], row[1]) if row is not None and row[2] is None else None
+
+    def partial_tree_warning(self) -> str | None:
+        """The line every command repeats while the manifest rests on an unfinished crawl."""
+        unfinished = self.unfinished_crawl()
+        if unfinished is None:
+            return None
+        crawl_id, started = unfinished
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+        return (
+            f"the last crawl (#{crawl_id}, started {when}) did not finish: the manifest holds "
+            "only part of the tree; run the same 'desimirror crawl' again to complete it"
+        )
+
+    def plan_options(self) -> dict:
+        """What the stored plan was made with (see :func:`desimirror.plan.store_plan`)."""
+        return json.loads(self.get_meta("plan_options") or "{}")
+
+    def require_whole_tree(self, command: str) -> str | None:
+        """Refuse ``command`` over an unfinished crawl unless the plan was made over that
+        very crawl with ``--partial``; then return the warning to repeat (else None)."""
+        warning = self.partial_tree_warning()
+        if warning is None:
+            return None
+        unfinished = self.unfinished_crawl()
+        options = self.plan_options()
+        if unfinished and options.get("partial") and options.get("crawl_id") == unfinished[0]:
+            return warning + " (planned with --partial)"
+        raise UsageError(
+            f"{warning}; '{command}' refuses a partial tree (or run 'desimirror plan --partial'"
+            " to mirror only what it saw)"
+        )
+
     def begin_crawl(self, root: str) -> int:
         with self.atomic() as conn:
             cur = conn.execute(
@@ -375,20 +452,24 @@ class Manifest:
                 e.link_kind,
                 e.sha256,
                 crawl_id,
+                e.ctime_ns,
+                e.ino,
+                e.dev,
             )
             for e in entries
         ]
         self.conn.executemany(
             "INSERT INTO entries (path, parent, name, kind, size, mtime_ns, link_target,"
-            " link_kind, sha256, crawl_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " link_kind, sha256, crawl_id, ctime_ns, ino, dev)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (path) DO UPDATE SET parent = excluded.parent, name = excluded.name,"
             " kind = excluded.kind,"
-            " sha256 = CASE WHEN entries.size = excluded.size"
-            "   AND entries.mtime_ns IS excluded.mtime_ns"
+            f" sha256 = CASE WHEN {_UNCHANGED}"
             "   THEN coalesce(excluded.sha256, entries.sha256) ELSE excluded.sha256 END,"
             " size = excluded.size, mtime_ns = excluded.mtime_ns,"
             " link_target = excluded.link_target, link_kind = excluded.link_kind,"
-            " crawl_id = excluded.crawl_id",
+            " crawl_id = excluded.crawl_id, ctime_ns = excluded.ctime_ns,"
+            " ino = excluded.ino, dev = excluded.dev",
             rows,
         )
         return len(rows)
@@ -441,7 +522,7 @@ class Manifest:
     def _entry(self, row: tuple) -> Entry:
         return Entry(*row)
 
-    _COLS = "path, kind, size, mtime_ns, link_target, link_kind, sha256"
+    _COLS = "path, kind, size, mtime_ns, link_target, link_kind, sha256, ctime_ns, ino, dev"
 
     def get(self, path: str) -> Entry | None:
         row = self.conn.execute(
@@ -533,18 +614,25 @@ class Manifest:
         """True when the object for this entry was confirmed with the entry's size and mtime
         (and, where both are known, with the entry's reference SHA-256)."""
         row = self.conn.execute(
-            "SELECT size, mtime_ns, sha256 FROM uploads WHERE path = ?", (entry.path,)
+            "SELECT size, mtime_ns, sha256, ctime_ns, ino, dev FROM uploads WHERE path = ?",
+            (entry.path,),
         ).fetchone()
         if row is None or row[:2] != (entry.size, entry.mtime_ns):
             return False
+        sent_as = None if None in row[3:] else tuple(row[3:])
+        if sent_as is not None and entry.identity is not None and sent_as != entry.identity:
+            return False
         return row[2] is None or entry.sha256 is None or row[2] == entry.sha256
 
-    # Done = confirmed with the current size and mtime, and not contradicted by the
-    # reference checksum (a *.sha256sum that changed under an unchanged file).
+    # Done = confirmed with the current size, mtime and identity (where both sides know
+    # it), and not contradicted by the reference checksum (a *.sha256sum that changed
+    # under an unchanged file).
     _PENDING = (
         " FROM entries e LEFT JOIN uploads u ON u.path = e.path"
         " WHERE (e.kind = 'file' OR (e.kind = 'link' AND e.link_kind = 'file'))"
         " AND (u.path IS NULL OR u.size != e.size OR u.mtime_ns IS NOT e.mtime_ns"
+        " OR (u.ino IS NOT NULL AND e.ino IS NOT NULL AND (u.ino != e.ino"
+        "     OR u.ctime_ns IS NOT e.ctime_ns OR u.dev IS NOT e.dev))"
         " OR (u.sha256 IS NOT NULL AND e.sha256 IS NOT NULL AND u.sha256 != e.sha256))"
     )
 
@@ -601,23 +689,28 @@ class Manifest:
                 " ".join(r.parts) or None,
                 r.proof,
                 int(r.adopted),
+                r.ctime_ns,
+                r.ino,
+                r.dev,
             )
             for r in records
         ]
         self.conn.executemany(
             "INSERT INTO uploads (path, key, size, mtime_ns, etag, uploaded_at, sha256,"
-            " part_size, parts, proof, adopted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " part_size, parts, proof, adopted, ctime_ns, ino, dev)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (path) DO UPDATE SET key = excluded.key, size = excluded.size,"
             " mtime_ns = excluded.mtime_ns, etag = excluded.etag,"
             " uploaded_at = excluded.uploaded_at, sha256 = excluded.sha256,"
             " part_size = excluded.part_size, parts = excluded.parts, proof = excluded.proof,"
-            " adopted = excluded.adopted",
+            " adopted = excluded.adopted, ctime_ns = excluded.ctime_ns, ino = excluded.ino,"
+            " dev = excluded.dev",
             rows,
         )
         self.conn.executemany(
             "UPDATE entries SET sha256 = ? WHERE path = ? AND size = ? AND mtime_ns IS ?"
-            " AND sha256 IS NULL",
-            [(r[6], r[0], r[2], r[3]) for r in rows if r[6]],
+            " AND (ino IS NULL OR ? IS NULL OR (ino = ? AND ctime_ns IS ?)) AND sha256 IS NULL",
+            [(r[6], r[0], r[2], r[3], r[12], r[12], r[11]) for r in rows if r[6]],
         )
         self.conn.executemany("DELETE FROM failures WHERE path = ?", [(r[0],) for r in rows])
         return len(rows)
@@ -625,8 +718,8 @@ class Manifest:
     def upload_record(self, path: str) -> UploadRecord | None:
         """What the uploads table says about one file, or None."""
         row = self.conn.execute(
-            "SELECT path, key, size, mtime_ns, etag, sha256, part_size, parts, proof, adopted"
-            " FROM uploads WHERE path = ?",
+            "SELECT path, key, size, mtime_ns, etag, sha256, part_size, parts, proof, adopted,"
+            " ctime_ns, ino, dev FROM uploads WHERE path = ?",
             (path,),
         ).fetchone()
         if row is None:
@@ -636,6 +729,9 @@ class Manifest:
             parts=tuple((row[7] or "").split()),
             proof=row[8] or "none",
             adopted=bool(row[9]),
+            ctime_ns=row[10],
+            ino=row[11],
+            dev=row[12],
         )
 
     def record_failure(self, path: str, reason: str, error: str) -> None:
@@ -824,21 +920,22 @@ class Manifest:
     def put_crawl_rows(self, crawl_id: int, rows: Sequence[tuple]) -> int:
         """:meth:`put_entries` for rows as a crawl makes them; call inside :meth:`atomic`.
 
-        A row is ``(path, parent, name, kind, size, mtime_ns, link_target, link_kind)``:
-        plain tuples cost a fraction of :class:`Entry` objects at millions of rows. A crawl
-        never brings a checksum, so a file's recorded one survives only if its size and
-        mtime did not change, as with put_entries.
+        A row is ``(path, parent, name, kind, size, mtime_ns, link_target, link_kind,
+        ctime_ns, ino, dev)``: plain tuples cost a fraction of :class:`Entry` objects at
+        millions of rows. A crawl never brings a checksum, so a file's recorded one survives
+        only if its size, mtime and identity did not change, as with put_entries.
         """
         self.conn.executemany(
             "INSERT INTO entries (path, parent, name, kind, size, mtime_ns, link_target,"
-            f" link_kind, crawl_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {int(crawl_id)})"
+            " link_kind, ctime_ns, ino, dev, crawl_id)"
+            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {int(crawl_id)})"
             " ON CONFLICT (path) DO UPDATE SET parent = excluded.parent, name = excluded.name,"
             " kind = excluded.kind,"
-            " sha256 = CASE WHEN entries.size = excluded.size"
-            "   AND entries.mtime_ns IS excluded.mtime_ns THEN entries.sha256 END,"
+            f" sha256 = CASE WHEN {_UNCHANGED} THEN entries.sha256 END,"
             " size = excluded.size, mtime_ns = excluded.mtime_ns,"
             " link_target = excluded.link_target, link_kind = excluded.link_kind,"
-            " crawl_id = excluded.crawl_id",
+            " crawl_id = excluded.crawl_id, ctime_ns = excluded.ctime_ns,"
+            " ino = excluded.ino, dev = excluded.dev",
             rows,
         )
         return len(rows)

@@ -369,14 +369,23 @@ def original_batch_count(manifest: Manifest, subdir: str, max_bytes: int) -> int
     return Selection.load(manifest, subdir).original_batch_count(max_bytes)
 
 
-def store_plan(manifest: Manifest, subdir: str, limits: Limits, batches: list[Batch]) -> int:
+def store_plan(
+    manifest: Manifest,
+    subdir: str,
+    limits: Limits,
+    batches: list[Batch],
+    *,
+    partial: bool = False,
+) -> int:
     """Replace the stored plan and record its options, in one transaction.
 
     The uploader reads ``plan_subdir`` to know the planned selection (key collisions,
-    totals), so plan and options must never disagree, even after a kill -9.
+    totals), so plan and options must never disagree, even after a kill -9. ``partial``
+    records that the plan was made, as asked, over a crawl that did not finish.
     """
     crawl = manifest.conn.execute("SELECT max(id) FROM crawls").fetchone()[0]
     options = {
+        "partial": partial,
         "subdir": subdir,
         "max_batch_size": limits.max_bytes,
         "min_batch_size": limits.min_bytes,

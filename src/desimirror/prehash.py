@@ -18,8 +18,9 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from desimirror.checksums import FileDigests, hash_stream, open_source
+from desimirror.checksums import CHUNK, FileDigests, hash_stream, open_source
 from desimirror.manifest import Entry
+from desimirror.sourcetree import Signature, SourceTree
 
 
 class FileChanged(Exception):
@@ -29,7 +30,10 @@ class FileChanged(Exception):
 class Prehasher:
     """A cache of futures of :class:`FileDigests`, one per (file state, part size)."""
 
-    def __init__(self, threads: int = 4) -> None:
+    def __init__(self, threads: int = 4, tree: SourceTree | None = None) -> None:
+        #: Files are opened beneath this root and checked against the crawl (see
+        #: :mod:`desimirror.sourcetree`); without one, by path (tests of this class alone).
+        self.tree = tree
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="desimirror-hash")
         self._futures: dict[tuple, Future] = {}
         self._lock = threading.Lock()
@@ -48,16 +52,18 @@ class Prehasher:
             return future
 
     def digests(self, source: str, entry: Entry, part_size: int) -> FileDigests:
-        """The digests (waiting for them); raises :class:`FileChanged` or ``OSError``."""
+        """The digests (waiting for them); raises :class:`FileChanged`,
+        :class:`~desimirror.sourcetree.SourceRefused` or ``OSError``."""
         return self.submit(source, entry, part_size).result()
 
     def _hash(self, source: str, entry: Entry, part_size: int) -> FileDigests:
         started = time.monotonic()
-        with open_source(source) as stream:
-            before = os.fstat(stream.fileno())
-            _same(before, entry)
+        with self._open(source, entry) as stream:
+            _same(os.fstat(stream.fileno()), entry)
             digests = hash_stream(stream, part_size)
             _same(os.fstat(stream.fileno()), entry)
+            if self.tree is not None:  # rewritten while read, even with its mtime set back
+                self.tree.check_fd(stream.fileno(), Signature.of_entry(entry))
         if digests.size != entry.size:
             raise FileChanged(f"read {digests.size} bytes, expected {entry.size}")
         with self._lock:
@@ -65,6 +71,11 @@ class Prehasher:
             self.bytes += digests.size
             self.seconds += time.monotonic() - started
         return digests
+
+    def _open(self, source: str, entry: Entry):  # type: ignore[no-untyped-def]
+        if self.tree is None:
+            return open_source(source)
+        return os.fdopen(self.tree.open_entry(entry), "rb", buffering=CHUNK)
 
     def forget(self, paths: set[str] | None = None) -> None:
         """Drop cached results of ``paths`` (all if None): at the end of a batch, so that

@@ -24,9 +24,10 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from desimirror.checksums import SUFFIX, open_source, parse_sha256sum
+from desimirror.checksums import SUFFIX, parse_sha256sum
 from desimirror.errors import redact
 from desimirror.manifest import UPLOADABLE, Manifest
+from desimirror.sourcetree import SourceRefused, tree_at
 
 #: A listing larger than this is not a checksum file of a product directory; skip it.
 MAX_LISTING_BYTES = 256 << 20
@@ -63,13 +64,15 @@ def _read(root: str, path: str, size: int, mtime_ns: int | None) -> bytes | str:
     if size > MAX_LISTING_BYTES:
         return f"{size} bytes is too large for a checksum listing"
     try:
-        with open_source(os.path.join(root, path)) as stream:
+        with os.fdopen(tree_at(root).open_beneath(path), "rb") as stream:
             st = os.fstat(stream.fileno())
             if not stat.S_ISREG(st.st_mode):
                 return "no longer a regular file"
             if st.st_size != size or (mtime_ns is not None and st.st_mtime_ns != mtime_ns):
                 return "changed since the crawl; run 'desimirror crawl' again"
             return stream.read(size + 1)
+    except SourceRefused as exc:
+        return str(exc)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
 

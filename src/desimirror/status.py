@@ -64,6 +64,7 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
         "upload_runs": runs,
         "bytes_per_second": round(rate, 1),
         "eta_seconds": round(totals["pending_bytes"] / rate) if rate > 0 else None,
+        "partial_tree": manifest.partial_tree_warning(),
         "last_crawl": None
         if crawl is None
         else {

@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +51,7 @@ from desimirror.manifest import Entry, Manifest, UploadRecord
 from desimirror.prehash import FileChanged, Prehasher
 from desimirror.progress import NullProgress, Progress
 from desimirror.published import sync_published
+from desimirror.sourcetree import SourceRefused, SourceTree
 from desimirror.throttle import Concurrency
 from desimirror.transfer import S3Target, TransferItem, TransferResult
 
@@ -176,35 +176,20 @@ def _describe_target(target: dict) -> str:
     return f"{text} (remap {remap})" if remap else text
 
 
-def _check_source(root: str, entry: Entry) -> tuple[str, str | None, str]:
-    """(reason, message, source): why the file must not be sent as it stands (reason "" if
-    it may), and the path to read.
+def _check_source(tree: SourceTree, entry: Entry) -> tuple[str, str | None, str]:
+    """(reason, message, rel): why the file must not be sent as it stands (reason "" if it
+    may), and the manifest path whose bytes are read.
 
-    Regular files must still be regular files with the crawled size and mtime; a symlink
-    must still resolve to a regular file inside the root, and its resolved target is what
-    is read, so nothing outside the crawled tree is ever read.
+    The path must still lead, beneath the root and through no symlink, to the file the
+    crawl saw (same size, mtime and identity); a symlink must still resolve to that file
+    inside the root. See :mod:`desimirror.sourcetree`.
     """
-    path = os.path.join(root, entry.path)
-    source = path
     try:
-        lst = os.lstat(path)
-        if entry.kind == "link":
-            source = os.path.realpath(path)
-            real_root = os.path.realpath(root)
-            if not source.startswith(real_root + os.sep):
-                return "unsafe", "symlink now points outside the crawled tree", path
-            lst = os.lstat(source)
-    except OSError as exc:
-        return "changed", f"cannot stat: {exc.strerror or exc}", path
-    if not stat.S_ISREG(lst.st_mode):
-        return "changed", "no longer a regular file", path
-    if (lst.st_size, lst.st_mtime_ns) != (entry.size, entry.mtime_ns):
-        return (
-            "changed",
-            "size or mtime changed since the crawl; run 'desimirror crawl' again",
-            path,
-        )
-    return "", None, source
+        rel = tree.rel_to_read(entry)
+        tree.check_entry(entry)
+    except SourceRefused as exc:
+        return exc.reason, str(exc), entry.path
+    return "", None, rel
 
 
 _COUNTERS = {
@@ -264,7 +249,7 @@ class _Job:
     """One file of a batch on its way to the bucket."""
 
     entry: Entry
-    source: str
+    rel: str  # the manifest path whose bytes are sent (a link's target for a link)
     attempts: int = 0  # failed attempts that were not throttling
     throttled: int = 0  # rounds refused by throttling
     sent: bool = False  # a transfer was started in this run (so not "adopted" if found)
@@ -304,7 +289,7 @@ class _Uploader:
         self,
         *,
         options: UploadOptions,
-        root: str,
+        tree: SourceTree,
         keymap: KeyMap,
         backend: transfer.TransferBackend,
         lookup: ObjectLookup,
@@ -313,7 +298,7 @@ class _Uploader:
         progress: Progress,
         sleep: Callable[[float], None],
     ) -> None:
-        self.options, self.root, self.keymap = options, root, keymap
+        self.options, self.tree, self.keymap = options, tree, keymap
         self.backend, self.lookup, self.hasher = backend, lookup, hasher
         self.recorder, self.progress, self.sleep = recorder, progress, sleep
         self.summary = recorder.summary
@@ -328,11 +313,11 @@ class _Uploader:
         """Send (or adopt) one batch's pending files, retrying failures with backoff."""
         todo: dict[str, _Job] = {}
         for entry in entries:
-            reason, message, source = _check_source(self.root, entry)
+            reason, message, rel = _check_source(self.tree, entry)
             if reason:
                 self.recorder.failed_file(entry, reason, message or reason)
             else:
-                todo[self.keymap.key(entry.path)] = _Job(entry, source)
+                todo[self.keymap.key(entry.path)] = _Job(entry, rel)
         rounds = 0
         try:
             while todo:
@@ -362,14 +347,13 @@ class _Uploader:
             return
         for entry in entries:
             if entry.kind == "file":  # links are resolved and checked when their turn comes
-                source = os.path.join(self.root, entry.path)
-                self.hasher.submit(source, entry, self.options.part_size)
+                self.hasher.submit(self.tree.path(entry.path), entry, self.options.part_size)
 
     def _settle(self, job: _Job, result: TransferResult) -> bool:
         """Record one result; True if the file is to be tried again."""
         entry = job.entry
         if result.ok:
-            reason, message, _ = _check_source(self.root, entry)
+            reason, message, _ = _check_source(self.tree, entry)
             if reason:
                 self.recorder.failed_file(entry, reason, f"changed during upload: {message}")
             elif entry.sha256 and result.sha256 and result.sha256 != entry.sha256:
@@ -378,7 +362,7 @@ class _Uploader:
             else:
                 self._confirm(job, result.item.key, result, adopted=False)
             return False
-        if result.reason in ("corrupt", "changed"):
+        if result.reason in ("corrupt", "changed", "unsafe"):
             self.recorder.failed_file(entry, result.reason, result.error or result.reason)
             return False
         if result.retryable:
@@ -415,6 +399,9 @@ class _Uploader:
             parts=result.parts if multipart and result else (),
             proof=(result.proof if result else None) or proof or "none",
             adopted=adopted and not job.sent,
+            ctime_ns=entry.ctime_ns,
+            ino=entry.ino,
+            dev=entry.dev,
         )
         self.recorder.confirmed(record, counted_as_adopted=adopted and not job.sent)
         self.progress.advance(1, entry.size)
@@ -458,12 +445,12 @@ class _Uploader:
                 rest[key] = job  # cannot recompute its ETag: send the file instead
                 continue
             local[key] = (job, info, part_size)
-            self.hasher.submit(job.source, job.entry, part_size)
+            self.hasher.submit(self._source(job), job.entry, part_size)
         for key, (job, info, part_size) in local.items():
             try:
-                digests = self.hasher.digests(job.source, job.entry, part_size)
-            except (FileChanged, OSError) as exc:
-                self.recorder.failed_file(job.entry, "changed", _read_error(exc))
+                digests = self.hasher.digests(self._source(job), job.entry, part_size)
+            except (FileChanged, SourceRefused, OSError) as exc:
+                self.recorder.failed_file(job.entry, _refusal_reason(exc), _read_error(exc))
                 continue
             if job.entry.sha256 and digests.sha256 != job.entry.sha256:
                 self.recorder.failed_file(job.entry, "corrupt", _corrupt_text(digests.sha256, job))
@@ -479,6 +466,21 @@ class _Uploader:
             else:
                 rest[key] = job
         return rest
+
+    def _source(self, job: _Job) -> str:
+        return self.tree.path(job.rel)
+
+    def _item(self, key: str, job: _Job) -> TransferItem:
+        """What a backend needs to send the job's file, and to open it safely itself."""
+        return TransferItem(
+            self._source(job),
+            key,
+            job.entry.size,
+            job.entry.sha256,
+            root=self.tree.root,
+            rel=job.rel,
+            signature=self.tree.signature(job.entry),
+        )
 
     def _part_size_of(self, info: ObjectInfo) -> int | None:
         """The part size with which the object's ETag can be recomputed from the file."""
@@ -496,7 +498,7 @@ class _Uploader:
             items = []
             for key, job in todo.items():
                 job.sent = True
-                items.append(TransferItem(job.source, key, job.entry.size, job.entry.sha256))
+                items.append(self._item(key, job))
             for result in self.backend.put_batch(items):
                 yield todo[result.item.key], result
             return
@@ -510,7 +512,7 @@ class _Uploader:
 
         def prefetch(chunk: list[tuple[str, _Job]]) -> None:
             for _, job in chunk:
-                self.hasher.submit(job.source, job.entry, part_size)
+                self.hasher.submit(self._source(job), job.entry, part_size)
 
         if chunks:
             prefetch(chunks[0])
@@ -548,16 +550,22 @@ class _Uploader:
         """The chunk's files whose bytes are as expected, each once its hash is ready;
         the digests go into ``digests``, the files not to send into ``refused``."""
         for key, job in chunk:
-            item = TransferItem(job.source, key, job.entry.size, job.entry.sha256)
+            item = self._item(key, job)
             try:
-                digest = self.hasher.digests(job.source, job.entry, self.options.part_size)
-            except (FileChanged, OSError) as exc:
-                refused.append((job, _failed(item, _read_error(exc), reason="changed")))
+                digest = self.hasher.digests(self._source(job), job.entry, self.options.part_size)
+            except (FileChanged, SourceRefused, OSError) as exc:
+                refused.append((job, _failed(item, _read_error(exc), reason=_refusal_reason(exc))))
                 continue
             if job.entry.sha256 and digest.sha256 != job.entry.sha256:
                 refused.append(
                     (job, _failed(item, _corrupt_text(digest.sha256, job), reason="corrupt"))
                 )
+                continue
+            # s5cmd opens the file by its path: the path must still lead to the hashed file
+            # (the hash may be a chunk old); the ETag compared afterwards catches the rest
+            reason, message, _ = _check_source(self.tree, job.entry)
+            if reason:
+                refused.append((job, _failed(item, message or reason, reason=reason)))
                 continue
             job.sent = True
             digests[key] = digest
@@ -597,6 +605,10 @@ class _Uploader:
         return outcomes
 
 
+def _refusal_reason(exc: BaseException) -> str:
+    return exc.reason if isinstance(exc, SourceRefused) else "changed"
+
+
 def _failed(item: TransferItem, text: str, *, reason: str | None = None) -> TransferResult:
     return TransferResult(
         item,
@@ -608,7 +620,7 @@ def _failed(item: TransferItem, text: str, *, reason: str | None = None) -> Tran
 
 
 def _read_error(exc: BaseException) -> str:
-    if isinstance(exc, FileChanged):
+    if isinstance(exc, (FileChanged, SourceRefused)):
         return str(exc)
     if isinstance(exc, OSError):
         return f"cannot read: {exc.strerror or exc}"
@@ -659,6 +671,7 @@ def upload(
         )
     if not os.path.isdir(root):
         raise UsageError(f"the crawled root {root} is not a readable directory here")
+    partial = manifest.require_whole_tree("upload")
     keymap = keymap_for(manifest, options)
     batches = list(manifest.iter_batches())
     if not batches:
@@ -675,6 +688,8 @@ def upload(
     summary = UploadSummary(
         bucket=options.target.bucket, backend=options.backend, adopt_mode=options.adopt
     )
+    if partial:
+        summary.warnings.append(partial)
     summary.checksums = sync_published(manifest, root).as_dict()
     if options.adopt == "size":
         summary.warnings.append(
@@ -688,11 +703,17 @@ def upload(
     recorder = _Recorder(manifest, run_id, summary)
     backend = transfer.get(options.backend, options.target, options.workers)
     limiter = _configure(backend, options)
-    hasher = Prehasher(options.hash_threads)
+    tree = SourceTree(root, crawled_dev=_crawled_dev(manifest))
+    if not tree.compare_dev:
+        summary.warnings.append(
+            "the tree's device number differs from the crawl's (another node or mount): "
+            "files are identified by inode and ctime only"
+        )
+    hasher = Prehasher(options.hash_threads, tree)
     lookup = ObjectLookup(client, options.target.bucket, workers=16, sleep=sleep)
     uploader = _Uploader(
         options=options,
-        root=root,
+        tree=tree,
         keymap=keymap,
         backend=backend,
         lookup=lookup,
@@ -724,6 +745,7 @@ def upload(
         recorder.commit()
         backend.close()
         hasher.close()
+        tree.close()
         progress.close()
         summary.seconds = time.monotonic() - started
         summary.bytes_hashed, summary.hash_seconds = hasher.bytes, hasher.seconds
@@ -736,6 +758,11 @@ def upload(
     if summary.files_corrupt:
         raise IncompleteError(_incomplete_message(summary), report=summary.as_dict())
     return summary
+
+
+def _crawled_dev(manifest: Manifest) -> int | None:
+    root = manifest.get("")
+    return root.dev if root is not None else None
 
 
 def _incomplete_message(summary: UploadSummary) -> str:

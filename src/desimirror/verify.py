@@ -65,6 +65,7 @@ class VerifyReport:
     unproven: int = 0
     proven_by: dict[str, int] = field(default_factory=dict)
     bytes_reread: int = 0
+    partial_tree: str | None = None  # the manifest rests on a crawl that did not finish
 
     @property
     def complete(self) -> bool:
@@ -255,6 +256,7 @@ def verify(
     from desimirror.listing import list_tree
     from desimirror.s3client import check_bucket, make_client
 
+    partial = manifest.require_whole_tree("verify")
     client = make_client(target, max_pool_connections=workers + 2)
     check_bucket(client, target.bucket)
     checker = None
@@ -275,6 +277,12 @@ def verify(
     )
     if not report.complete or (strict and report.unexpected):
         raise IncompleteError(_summary_line(report), report=report.as_dict())
+    if partial:  # the bucket matches the manifest, and the manifest is not the whole tree
+        report.partial_tree = partial
+        raise IncompleteError(
+            f"the bucket holds every file of the manifest, but {partial}",
+            report=report.as_dict(),
+        )
     return report
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from desimirror.cli.common import SIZE, db_option, emit_json
+from desimirror.errors import UsageError
 from desimirror.manifest import Manifest
 from desimirror.plan import (
     DEFAULT_MIN_BATCH_SIZE,
@@ -49,6 +50,12 @@ _REPORT = "\0report"
     help="Also cap the number of files per batch (a larger directory is split).",
 )
 @click.option(
+    "--partial",
+    is_flag=True,
+    help="Plan even though the last crawl did not finish (only what it saw); status, "
+    "upload and verify then keep saying so.",
+)
+@click.option(
     "--json",
     "json_out",
     is_flag=False,
@@ -63,6 +70,7 @@ def command(
     max_batch_size: int,
     min_batch_size: int | None,
     max_files: int | None,
+    partial: bool,
     json_out: str | None,
 ) -> None:
     """Plan upload batches: directories that fit go whole, siblings are packed together.
@@ -73,11 +81,16 @@ def command(
         min_batch_size = min(DEFAULT_MIN_BATCH_SIZE, max_batch_size)
     limits = Limits(max_batch_size, min_batch_size, max_files)
     with Manifest.open(db) as manifest:
+        warning = manifest.partial_tree_warning()
+        if warning and not partial:
+            raise UsageError(
+                f"{warning}; plan refuses a partial tree (--partial plans only what it saw)"
+            )
         rel = resolve_subdir(manifest, subdir)
         selection = Selection.load(manifest, rel)
         batches = selection.plan(limits)
         original = selection.original_batch_count(limits.max_bytes)
-        store_plan(manifest, rel, limits, batches)
+        store_plan(manifest, rel, limits, batches, partial=warning is not None)
         root = manifest.root
         if json_out and json_out != _REPORT:
             write_batch_json(json_out, batches, root=root, subdir=rel, limits=limits)
@@ -90,6 +103,7 @@ def command(
         **summarize(batches, limits),
         "original_batches": original,
         "batch_json": json_out if json_out != _REPORT else None,
+        "warnings": [warning] if warning else [],
     }
     if json_out == _REPORT:
         emit_json(report)
@@ -124,6 +138,7 @@ def _lines(r: dict, batches: list[Batch]) -> list[str]:
     lines.append(f"  (the original batch.py would make {_n(r['original_batches'], 'batch')})")
     if r["batch_json"]:
         lines.append(f"wrote {r['batch_json']}")
+    lines.extend(f"warning: {w}" for w in r["warnings"])
     return lines
 
 

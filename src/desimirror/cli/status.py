@@ -23,9 +23,11 @@ def command(db: str, json_output: bool) -> None:
 
 def _lines(r: dict) -> list[str]:
     pct = 100.0 * r["done_bytes"] / r["bytes"] if r["bytes"] else 100.0
+    of_what = " of a partial tree" if r["partial_tree"] else ""
     lines = [
         f"mirror of {r['root']} (selection: {r['selection']})",
-        f"done     {r['done_files']:>12,} files  {format_size(r['done_bytes']):>10}  ({pct:.1f}%)",
+        f"done     {r['done_files']:>12,} files  {format_size(r['done_bytes']):>10}  "
+        f"({pct:.1f}%{of_what})",
         f"pending  {r['pending_files']:>12,} files  {format_size(r['pending_bytes']):>10}",
         f"batches  {r['batches_done']:>12,} of {r['batches']:,} complete",
     ]
@@ -50,6 +52,8 @@ def _lines(r: dict) -> list[str]:
             + (f", ETA {eta:,}s" if eta else "")
         )
     crawl = r["last_crawl"]
-    if crawl:
+    if crawl and crawl["finished"] is not None:
         lines.append(f"crawl    {crawl['entries']:,} entries, {crawl['errors']:,} errors")
+    if r["partial_tree"]:
+        lines.append(f"warning: {r['partial_tree']}")
     return lines

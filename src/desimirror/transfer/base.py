@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from desimirror.sourcetree import Signature
 from desimirror.throttle import Concurrency
 
 
@@ -32,10 +33,17 @@ class S3Target:
 
 @dataclass(frozen=True)
 class TransferItem:
+    """One file to send. ``root``, ``rel`` and ``signature`` (from the crawl) let a backend
+    that reads the file itself open it beneath the root and check it is the crawled file
+    (:func:`desimirror.sourcetree.open_item`); ``source`` is for programs that read by path."""
+
     source: str  # absolute local path to read
     key: str  # object key, without the bucket
     size: int  # expected size in bytes
     sha256: str | None = None  # hex SHA-256 the bytes must have (published), if known
+    root: str | None = None  # the crawled root ...
+    rel: str | None = None  # ... and the path below it that is read
+    signature: Signature | None = None  # the file as the crawl saw it
 
 
 @dataclass(frozen=True)

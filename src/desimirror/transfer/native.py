@@ -41,12 +41,12 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_co
 from typing import Any
 
 from desimirror.checksums import (
+    CHUNK,
     HashingReader,
     b64_of_hex,
     composite_sha256,
-    hash_file,
+    hash_stream,
     hex_of_b64,
-    open_source,
 )
 from desimirror.s3client import (
     describe_error,
@@ -56,6 +56,7 @@ from desimirror.s3client import (
     one_line,
     strip_etag,
 )
+from desimirror.sourcetree import SourceRefused, open_item, recheck_fd
 from desimirror.throttle import Concurrency
 from desimirror.transfer.base import S3Target, TransferItem, TransferResult
 
@@ -196,6 +197,8 @@ class NativeBackend:
             return self._failure(item, str(exc), retryable=False, reason="corrupt")
         except _Changed as exc:
             return self._failure(item, str(exc), retryable=False, reason="changed")
+        except SourceRefused as exc:
+            return self._failure(item, str(exc), retryable=False, reason=exc.reason)
         except _Refused as exc:
             return self._failure(item, str(exc), retryable=False)
         except _Cancelled as exc:
@@ -215,7 +218,7 @@ class NativeBackend:
     # -- single-part ----------------------------------------------------------------------
 
     def _put_small(self, item: TransferItem, client: Any) -> TransferResult:
-        with open_source(item.source) as stream:
+        with _open(item) as stream:
             _check_size(os.fstat(stream.fileno()).st_size, item)
             reader = HashingReader(stream, item.size)
             try:
@@ -228,6 +231,7 @@ class NativeBackend:
                     self._raise_if_corrupt(item, reader.hexdigest())
                 raise
             sent = reader.hexdigest()
+            recheck_fd(stream.fileno(), item.signature)
         stored = hex_of_b64(response.get("ChecksumSHA256") or "")
         if item.sha256 and sent is not None and sent != item.sha256:
             # a store that does not check checksums took bytes that differ from the release
@@ -245,8 +249,9 @@ class NativeBackend:
         A file that changed size since the crawl (written to while being sent) is reported
         as changed, not corrupt: a re-crawl settles it.
         """
-        _check_size(os.stat(item.source).st_size, item)
-        actual = sent or hash_file(item.source, self.multipart_chunksize, md5=False).sha256
+        with _open(item) as stream:
+            _check_size(os.fstat(stream.fileno()).st_size, item)
+            actual = sent or hash_stream(stream, self.multipart_chunksize, md5=False).sha256
         if actual != item.sha256:
             raise _Corrupt(_corrupt_text(item, actual))
 
@@ -254,7 +259,7 @@ class NativeBackend:
 
     def _put_large(self, item: TransferItem, client: Any) -> TransferResult:
         bucket, key = self.target.bucket, item.key
-        with open_source(item.source) as stream:
+        with _open(item) as stream:
             _check_size(os.fstat(stream.fileno()).st_size, item)
             created = client.create_multipart_upload(
                 Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256"
@@ -262,6 +267,9 @@ class NativeBackend:
             upload_id = created["UploadId"]
             try:
                 parts, whole = self._send_parts(stream, item, client, upload_id)
+                # a file rewritten in place while its parts were read (its mtime set back
+                # or not) would make a torn object: never completed
+                recheck_fd(stream.fileno(), item.signature)
                 if item.sha256 and whole != item.sha256:
                     raise _Corrupt(_corrupt_text(item, whole) + "; the upload was aborted")
                 done = client.complete_multipart_upload(
@@ -406,6 +414,12 @@ class NativeBackend:
         if client is not None:
             client.close()
         self._closing.clear()
+
+
+def _open(item: TransferItem) -> Any:
+    """The item's file as a buffered stream, opened beneath the root and identity-checked."""
+    fd = open_item(item.root, item.rel, item.source, item.signature)
+    return os.fdopen(fd, "rb", buffering=CHUNK)
 
 
 def _read_exact(stream: Any, size: int) -> bytes:
