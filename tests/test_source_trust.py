@@ -52,6 +52,23 @@ def _rename_over_keeping_size_and_mtime(path: Path, data: bytes) -> None:
     os.rename(other, path)
 
 
+CHANGES = {
+    "rewrite": _rewrite_keeping_size_and_mtime,
+    "rename": _rename_over_keeping_size_and_mtime,
+}
+
+
+def _one_file_release(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(root, its one file, the db), crawled and planned."""
+    root = tmp_path / "edr"
+    root.mkdir()
+    victim = root / "coadd.fits"
+    victim.write_bytes(b"A" * 4096)
+    db = tmp_path / "m.db"
+    prepare(root, db)
+    return root, victim, db
+
+
 # ---------------------------------------------------------------- outside the root
 
 
@@ -123,16 +140,8 @@ def test_open_beneath_refuses_every_symlinked_component(tmp_path: Path) -> None:
 def test_same_size_same_mtime_change_before_the_upload_is_refused_until_recrawled(
     tmp_path: Path, s3, bucket: str, cli_env: dict, backend: str, how: str
 ) -> None:
-    root = tmp_path / "edr"
-    root.mkdir()
-    victim = root / "coadd.fits"
-    victim.write_bytes(b"A" * 4096)
-    db = tmp_path / "m.db"
-    prepare(root, db)
-    change = (
-        _rewrite_keeping_size_and_mtime if how == "rewrite" else _rename_over_keeping_size_and_mtime
-    )
-    change(victim, b"B" * 4096)
+    root, victim, db = _one_file_release(tmp_path)
+    CHANGES[how](victim, b"B" * 4096)
 
     proc, report = upload_cli(db, bucket, s3.endpoint_url, cli_env, "--backend", backend)
     assert proc.returncode == 5, proc.stderr
@@ -151,19 +160,11 @@ def test_same_size_same_mtime_change_before_the_upload_is_refused_until_recrawle
 def test_same_size_same_mtime_change_after_the_upload_is_sent_again_after_a_recrawl(
     tmp_path: Path, s3, bucket: str, cli_env: dict, backend: str, how: str
 ) -> None:
-    root = tmp_path / "edr"
-    root.mkdir()
-    victim = root / "coadd.fits"
-    victim.write_bytes(b"A" * 4096)
-    db = tmp_path / "m.db"
-    prepare(root, db)
+    root, victim, db = _one_file_release(tmp_path)
     proc, _ = upload_cli(db, bucket, s3.endpoint_url, cli_env, "--backend", backend)
     assert proc.returncode == 0, proc.stderr
 
-    change = (
-        _rewrite_keeping_size_and_mtime if how == "rewrite" else _rename_over_keeping_size_and_mtime
-    )
-    change(victim, b"B" * 4096)
+    CHANGES[how](victim, b"B" * 4096)
     run_cli("crawl", str(root), "--db", str(db), check=True)
     status = run_cli("status", "--db", str(db), "--json", check=True).stdout
     assert '"pending_files": 1' in status
@@ -223,12 +224,7 @@ def test_a_file_rewritten_between_hashing_and_sending_is_not_recorded(
 ) -> None:
     """s5cmd reads the file by path after the uploader hashed it: a rewrite in between (its
     mtime set back) must not be recorded as the hashed file's object."""
-    root = tmp_path / "edr"
-    root.mkdir()
-    victim = root / "coadd.fits"
-    victim.write_bytes(b"A" * 4096)
-    db = tmp_path / "m.db"
-    prepare(root, db)
+    _, victim, db = _one_file_release(tmp_path)
     real_hash = Prehasher._hash
 
     def hash_then_rewrite(self, source, entry, part_size):

@@ -32,8 +32,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from desimirror.checksums import CHUNK, composite_sha256, hash_file, hex_of_b64
+from desimirror.checksums import CHUNK, composite_sha256, hash_stream, hex_of_b64
 from desimirror.s3client import describe_error, error_code
+from desimirror.sourcetree import SourceRefused, tree_at
 
 ATTEMPTS = 4
 
@@ -130,9 +131,11 @@ class ContentChecker:
         if reference is None:
             if not self.root:
                 return Verdict(c, None, "reread", "no reference checksum and no local file")
-            local = os.path.join(self.root, c.path)
             try:
-                reference = hash_file(local, c.size or 1, md5=False).sha256
+                with os.fdopen(tree_at(self.root).open_beneath(c.path), "rb") as stream:
+                    reference = hash_stream(stream, c.size or 1, md5=False).sha256
+            except SourceRefused as exc:
+                return Verdict(c, None, "reread", f"the local file is not read: {exc}")
             except OSError as exc:
                 return Verdict(c, None, "reread", f"cannot read the local file: {exc.strerror}")
         if digest == reference:
