@@ -238,3 +238,31 @@ def test_a_file_rewritten_between_hashing_and_sending_is_not_recorded(
         _in_process_upload(db, bucket, s3, "s5cmd")
     assert uploads(db) == {}
     assert rows(db, "SELECT reason FROM failures") == [("changed",)]
+
+
+@pytest.mark.s3
+def test_bytes_s5cmd_read_from_a_file_swapped_after_the_last_check_do_not_stay(
+    tmp_path: Path, s3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The narrowest window: the path passes its last check, then the file is rewritten
+    before s5cmd opens it. The ETag comparison catches the other bytes, and the object that
+    holds them is deleted rather than left in the bucket."""
+    _, victim, db = _one_file_release(tmp_path)
+    import desimirror.upload as uploader
+
+    real_check = uploader._check_source
+    calls = []
+
+    def check_then_rewrite(tree, entry):
+        verdict = real_check(tree, entry)
+        calls.append(entry.path)
+        if len(calls) == 2:  # the check just before the line goes to s5cmd
+            _rewrite_keeping_size_and_mtime(victim, b"B" * 4096)
+        return verdict
+
+    monkeypatch.setattr(uploader, "_check_source", check_then_rewrite)
+    with pytest.raises(IncompleteError):
+        _in_process_upload(db, bucket, s3, "s5cmd")
+    assert _objects(s3.client(), bucket) == {}
+    assert uploads(db) == {}
+    assert rows(db, "SELECT reason FROM failures") == [("changed",)]

@@ -34,6 +34,7 @@ their objects (see :mod:`desimirror.prune`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -571,6 +572,16 @@ class _Uploader:
             digests[key] = digest
             yield item
 
+    def _withdraw(self, key: str) -> None:
+        """Delete an object just sent that holds other bytes than the file read here.
+
+        s5cmd opens files by path: if a path was swapped in the moment between the check
+        and its read, what it sent may be another file's bytes, which must not stay in a
+        (public) bucket. The object was just overwritten by this run, so nothing is lost.
+        """
+        with contextlib.suppress(Exception):  # the failure is recorded either way
+            self.lookup.client.delete_object(Bucket=self.lookup.bucket, Key=key)
+
     def _compare_etags(
         self, todo: dict[str, _Job], sent: list[TransferResult], digests: dict[str, FileDigests]
     ) -> list[tuple[_Job, TransferResult]]:
@@ -589,6 +600,7 @@ class _Uploader:
                 outcomes.append((todo[item.key], _failed(item, why)))
             elif info.etag != digest.etag or info.size != digest.size:
                 why = f"the object's ETag {info.etag} is not the file's {digest.etag}"
+                self._withdraw(item.key)
                 outcomes.append((todo[item.key], _failed(item, why)))
             else:
                 multipart = len(digest.parts_sha256) > 1
