@@ -65,3 +65,11 @@ def fault_proxy(s3: S3Endpoint) -> Iterator[FaultProxy]:
     """A fault-injecting proxy in front of the test endpoint; no faults until a test sets them."""
     with FaultProxy(s3.endpoint_url) as running:
         yield running
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the S3 server (directly or through a fixture) is marked ``s3``,
+    so ``-m 'not s3'`` runs exactly the tests that need no server."""
+    for item in items:
+        if "s3" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.s3)

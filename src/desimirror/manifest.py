@@ -15,7 +15,6 @@ index answers without recursion.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from desimirror import schema
 from desimirror.errors import StateError, UsageError
 
 APP_ID = "desimirror"
+#: The ``schema_version`` meta value, which desimirrors older than the numbered migrations
+#: check; the schema itself is versioned by ``PRAGMA user_version`` (:mod:`desimirror.schema`).
 SCHEMA_VERSION = 1
 
 Kind = Literal["file", "dir", "link", "other"]
@@ -34,114 +36,6 @@ LinkKind = Literal["file", "dir", "outside", "broken"]
 
 #: An entry the uploader sends: a regular file, or a symlink to a regular file inside the root.
 UPLOADABLE = "(kind = 'file' OR (kind = 'link' AND link_kind = 'file'))"
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE entries (
-    path      TEXT PRIMARY KEY,           -- relative to the root; '' is the root
-    parent    TEXT,                       -- NULL for the root
-    name      TEXT NOT NULL,
-    kind      TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'link', 'other')),
-    size      INTEGER NOT NULL DEFAULT 0, -- files: bytes; dirs: recursive sum of uploadables
-    mtime_ns  INTEGER,
-    link_target TEXT,                     -- symlinks: what readlink says
-    link_kind TEXT,                       -- symlinks: file | dir | outside | broken
-    sha256    TEXT,                       -- published (*.sha256sum) or computed checksum
-    crawl_id  INTEGER NOT NULL,           -- the last crawl that saw this entry
-    ctime_ns  INTEGER,                    -- identity at the crawl (for links to files: the
-    ino       INTEGER,                    -- target's), which no user can set back as
-    dev       INTEGER                     -- touch -r sets back an mtime; NULL if not stat'ed
-) WITHOUT ROWID;
-CREATE INDEX entries_by_parent ON entries (parent, name);
-CREATE TABLE crawls (
-    id INTEGER PRIMARY KEY,
-    root TEXT NOT NULL,
-    started REAL NOT NULL,
-    finished REAL,
-    entries INTEGER NOT NULL DEFAULT 0,
-    errors INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE crawl_errors (
-    crawl_id INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    error TEXT NOT NULL
-);
-CREATE TABLE batches (
-    id INTEGER PRIMARY KEY,               -- 1-based, in plan order
-    bytes INTEGER NOT NULL,
-    files INTEGER NOT NULL,
-    completed REAL                        -- when an upload last found it fully mirrored
-);
-CREATE TABLE batch_paths (
-    batch_id INTEGER NOT NULL REFERENCES batches (id),
-    path TEXT NOT NULL,                   -- a directory taken whole, or one file
-    is_dir INTEGER NOT NULL,
-    PRIMARY KEY (batch_id, path)
-) WITHOUT ROWID;
-CREATE TABLE uploads (
-    path TEXT PRIMARY KEY,                -- the entry this object was made from
-    key TEXT NOT NULL,
-    size INTEGER NOT NULL,                -- size and mtime of the file when it was sent
-    mtime_ns INTEGER NOT NULL,
-    etag TEXT,
-    uploaded_at REAL NOT NULL,
-    sha256 TEXT,                          -- hex SHA-256 of the bytes the object holds
-    part_size INTEGER,                    -- multipart objects: the part size ...
-    parts TEXT,                           -- ... and the parts' base64 SHA-256s, space-separated
-    proof TEXT,                           -- how the content was confirmed (see UploadRecord)
-    adopted INTEGER NOT NULL DEFAULT 0,   -- 1: found in the bucket, not sent
-    ctime_ns INTEGER,                     -- the file's identity when it was sent (NULL in
-    ino INTEGER,                          -- records older than these columns: compared by
-    dev INTEGER                           -- size and mtime only)
-) WITHOUT ROWID;
-CREATE TABLE failures (
-    path TEXT PRIMARY KEY,
-    reason TEXT NOT NULL,                 -- error | changed | unsafe | corrupt
-    error TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 1,
-    at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE upload_runs (
-    id INTEGER PRIMARY KEY,
-    started REAL NOT NULL,
-    finished REAL,
-    files INTEGER NOT NULL DEFAULT 0,
-    bytes INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE published (
-    path TEXT PRIMARY KEY,                -- the file a *.sha256sum claims a digest for
-    sha256 TEXT NOT NULL,                 -- hex
-    listed_in TEXT NOT NULL               -- the *.sha256sum file (a manifest path)
-) WITHOUT ROWID;
-CREATE INDEX published_by_listing ON published (listed_in);
-CREATE TABLE checksum_files (
-    path TEXT PRIMARY KEY,                -- a *.sha256sum file that was read ...
-    size INTEGER NOT NULL,                -- ... with this size and mtime
-    mtime_ns INTEGER,
-    claims INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    read_at REAL NOT NULL
-) WITHOUT ROWID;
-"""
-
-# Additions since the first schema, applied in place to older dbs of the same version:
-# tables are created if absent, columns added if absent. Additive only, in one transaction.
-_ADDED_TABLES = ("published", "checksum_files")
-_CREATES = re.compile(r"\s*CREATE (?:TABLE|INDEX \w+ ON) (\w+) \(")
-_ADDED_COLUMNS = (
-    ("uploads", "sha256", "TEXT"),
-    ("uploads", "part_size", "INTEGER"),
-    ("uploads", "parts", "TEXT"),
-    ("uploads", "proof", "TEXT"),
-    ("uploads", "adopted", "INTEGER NOT NULL DEFAULT 0"),
-    ("entries", "ctime_ns", "INTEGER"),
-    ("entries", "ino", "INTEGER"),
-    ("entries", "dev", "INTEGER"),
-    ("uploads", "ctime_ns", "INTEGER"),
-    ("uploads", "ino", "INTEGER"),
-    ("uploads", "dev", "INTEGER"),
-)
-
 
 @dataclass(frozen=True)
 class Entry:
@@ -225,6 +119,7 @@ class Manifest:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        self._savepoints = 0  # for unique savepoint names in nested atomic() blocks
 
     # -- opening ---------------------------------------------------------------------
 
@@ -265,9 +160,7 @@ class Manifest:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             with self.atomic():
-                for statement in _SCHEMA.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
+                schema.upgrade(conn)
                 self._set_meta_raw("app", APP_ID)
                 self._set_meta_raw("schema_version", str(SCHEMA_VERSION))
                 self._set_meta_raw("created", repr(time.time()))
@@ -282,10 +175,13 @@ class Manifest:
             raise StateError(
                 f"{self.path} was written by a newer desimirror (schema {version}); upgrade"
             )
+        schema.check_not_newer(conn, self.path)
         self._check_length()
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        self._migrate(tables)
+        if schema.version(conn) < schema.LATEST:
+            with self.atomic():
+                schema.upgrade(conn)
 
     def _check_length(self) -> None:
         """Refuse a db file cut short (a copy that did not finish, a full disk).
@@ -306,26 +202,6 @@ class Manifest:
                 f"{pages * page_size:,} bytes): restore it from a copy; refusing to touch it"
             )
 
-    def _migrate(self, tables: set[str]) -> None:
-        """Bring a db of this schema version up to date with the additive changes."""
-        conn = self.conn
-        missing = {t for t in _ADDED_TABLES if t not in tables}
-        statements = [
-            statement
-            for statement in _SCHEMA.split(";\n")
-            if (m := _CREATES.match(statement)) and m.group(1) in missing
-        ]
-        for table, column, ddl in _ADDED_COLUMNS:
-            if table not in tables:
-                continue
-            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                statements.append(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
-        if statements:
-            with self.atomic():
-                for statement in statements:
-                    conn.execute(statement)
-
     def close(self) -> None:
         self.conn.close()
 
@@ -339,14 +215,33 @@ class Manifest:
 
     @contextmanager
     def atomic(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed whole on success, rolled back on error."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One write transaction: committed whole on success, rolled back on error.
+
+        Inside another ``atomic`` block it is a savepoint: a failure rolls back only the
+        inner block (the caller may handle it and go on), and nothing is committed before
+        the outermost block ends. So a method that needs a transaction can take one
+        whether or not its caller already holds one.
+        """
+        conn = self.conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        self._savepoints += 1
+        name = f"desimirror_{self._savepoints}"
+        conn.execute(f"SAVEPOINT {name}")
         try:
-            yield self.conn
+            yield conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            conn.execute(f"ROLLBACK TO {name}")
+            conn.execute(f"RELEASE {name}")
             raise
-        self.conn.execute("COMMIT")
+        conn.execute(f"RELEASE {name}")
 
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
