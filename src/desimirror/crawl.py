@@ -48,7 +48,6 @@ import marshal
 import os
 import queue
 import select
-import signal
 import sqlite3
 import stat
 import threading
@@ -59,6 +58,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from desimirror import processes
 from desimirror.errors import StateError, UsageError
 from desimirror.manifest import UPLOADABLE, Manifest
 from desimirror.progress import NullProgress, Progress
@@ -777,9 +777,8 @@ class _ProcessSink:
             self._reap(WRITER_EXIT_SECONDS)
         finally:
             if self.pid is not None:  # still running: stop it by its PID
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                self._reap(WRITER_EXIT_SECONDS)
+                processes.stop(self.pid, terminate_first=False)
+                self.pid = None
             self.replies.close()
         if ok and reply != b"ok":
             detail = (reply or b"it ended without an answer").decode(errors="replace")

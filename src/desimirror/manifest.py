@@ -37,6 +37,7 @@ LinkKind = Literal["file", "dir", "outside", "broken"]
 #: An entry the uploader sends: a regular file, or a symlink to a regular file inside the root.
 UPLOADABLE = "(kind = 'file' OR (kind = 'link' AND link_kind = 'file'))"
 
+
 @dataclass(frozen=True)
 class Entry:
     """One crawled filesystem entry, as stored."""
@@ -447,6 +448,49 @@ class Manifest:
     def count_entries(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT kind, count(*) FROM entries GROUP BY kind"))
 
+    def direct_totals(self, under: str) -> dict[str, tuple[int, int]]:
+        """directory -> (bytes, files) of the uploadables directly in it, below ``under``."""
+        lo, hi = subtree_range(under)
+        rows = self.conn.execute(
+            f"SELECT parent, coalesce(sum(size), 0), count(*) FROM entries"
+            f" WHERE {UPLOADABLE} AND path >= ? AND path < ? GROUP BY parent",
+            (lo, hi),
+        )
+        return {parent: (nbytes, nfiles) for parent, nbytes, nfiles in rows}
+
+    def directories_below(self, under: str) -> Iterator[str]:
+        """The paths of the directories strictly below ``under``."""
+        lo, hi = subtree_range(under)
+        rows = self.conn.execute(
+            "SELECT path FROM entries WHERE kind = 'dir' AND path >= ? AND path < ?", (lo, hi)
+        )
+        return (path for (path,) in rows)
+
+    def uploadable_children(self, parent: str) -> list[tuple[str, int]]:
+        """(path, size) of the uploadables directly in ``parent``, by name."""
+        return self.conn.execute(
+            f"SELECT path, size FROM entries WHERE parent = ? AND {UPLOADABLE} ORDER BY name",
+            (parent,),
+        ).fetchall()
+
+    def uploadable_links(self) -> set[str]:
+        """The symlinks that are uploaded (as copies of a file inside the tree)."""
+        rows = self.conn.execute(f"SELECT path FROM entries WHERE {UPLOADABLE} AND kind = 'link'")
+        return {path for (path,) in rows}
+
+    def iter_with_published(self) -> Iterator[tuple[Entry, str | None]]:
+        """Every entry in path order, with the SHA-256 the release published for it."""
+        cols = ", ".join("e." + c for c in self._COLS.split(", "))
+        rows = self.conn.execute(
+            f"SELECT {cols}, p.sha256 FROM entries e LEFT JOIN published p ON p.path = e.path"
+            " ORDER BY e.path"
+        )
+        for row in rows:
+            yield self._entry(row[:-1]), row[-1]
+
+    def last_crawl_id(self) -> int | None:
+        return self.conn.execute("SELECT max(id) FROM crawls").fetchone()[0]
+
     # -- plan ------------------------------------------------------------------------------
 
     def replace_plan(
@@ -701,6 +745,25 @@ class Manifest:
         """Forget a listing that is gone from the tree, and its claims; inside atomic."""
         self.conn.execute("DELETE FROM published WHERE listed_in = ?", (path,))
         self.conn.execute("DELETE FROM checksum_files WHERE path = ?", (path,))
+
+    def published_counts(self) -> dict[str, int]:
+        """How the published claims cover the uploadables (see ``ChecksumReport``)."""
+        claims = self.conn.execute("SELECT count(*) FROM published").fetchone()[0]
+        files, with_published, with_sha = self.conn.execute(
+            "SELECT count(*), count(p.path), count(e.sha256) FROM entries e"
+            f" LEFT JOIN published p ON p.path = e.path WHERE {UPLOADABLE}"
+        ).fetchone()
+        absent = self.conn.execute(
+            "SELECT count(*) FROM published p WHERE NOT EXISTS"
+            f" (SELECT 1 FROM entries e WHERE e.path = p.path AND {UPLOADABLE})"
+        ).fetchone()[0]
+        return {
+            "claims": claims,
+            "files": files,
+            "files_with_published": with_published,
+            "files_with_computed": with_sha - with_published,
+            "listed_but_absent": absent,
+        }
 
     def apply_published(self) -> int:
         """Make every published claim the reference checksum of its entry; the count changed.

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from desimirror.errors import UsageError
-from desimirror.manifest import UPLOADABLE, Entry, Manifest, subtree_range
+from desimirror.manifest import Entry, Manifest
 
 DEFAULT_MAX_BATCH_SIZE = 10**12  # 1 TB, as the seed's makefile
 DEFAULT_MIN_BATCH_SIZE = 10 * 10**9  # 10 GB, the seed's "10 gigabytes to 1 terabyte"
@@ -220,23 +220,9 @@ class Selection:
             size, files = (entry.size, 1) if _is_uploadable(entry) else (0, 0)
             top = Node(path, size, files, False)
             return cls(manifest, path, top, {}, {}, {})
-        lo, hi = subtree_range(path)
-        conn = manifest.conn
-        direct = {
-            parent: (nbytes, nfiles)
-            for parent, nfiles, nbytes in conn.execute(
-                f"SELECT parent, count(*), coalesce(sum(size), 0) FROM entries"
-                f" WHERE {UPLOADABLE} AND path >= ? AND path < ? GROUP BY parent",
-                (lo, hi),
-            )
-        }
+        direct = manifest.direct_totals(path)
         dirs = {path}
-        dirs.update(
-            r[0]
-            for r in conn.execute(
-                "SELECT path FROM entries WHERE kind = 'dir' AND path >= ? AND path < ?", (lo, hi)
-            )
-        )
+        dirs.update(manifest.directories_below(path))
         for d in [*direct, *dirs]:  # an entry whose directory is missing still gets planned
             while d != path:
                 dirs.add(d)
@@ -259,11 +245,7 @@ class Selection:
         for d in self.subdirs.get(node.path, ()):
             yield Node(d, *self.totals[d], True)
         if self.direct_files.get(node.path):
-            rows = self.manifest.conn.execute(
-                f"SELECT path, size FROM entries WHERE parent = ? AND {UPLOADABLE} ORDER BY name",
-                (node.path,),
-            ).fetchall()
-            for p, size in rows:
+            for p, size in self.manifest.uploadable_children(node.path):
                 yield Node(p, size, 1, False)
 
     def plan(self, limits: Limits) -> list[Batch]:
@@ -345,7 +327,7 @@ def _relative_to_root(path: str, root: str | None) -> str | None:
 def _checked(manifest: Manifest, rel: str, given: str) -> str:
     entry = manifest.get(rel)
     if entry is None:
-        if rel == "" and manifest.conn.execute("SELECT 1 FROM entries LIMIT 1").fetchone():
+        if rel == "" and manifest.has_entries():
             return rel  # a tree without a root entry: still the whole tree
         if rel == "":
             raise UsageError(f"{manifest.path} has no entries: run 'desimirror crawl' first")
@@ -383,7 +365,7 @@ def store_plan(
     totals), so plan and options must never disagree, even after a kill -9. ``partial``
     records that the plan was made, as asked, over a crawl that did not finish.
     """
-    crawl = manifest.conn.execute("SELECT max(id) FROM crawls").fetchone()[0]
+    crawl = manifest.last_crawl_id()
     options = {
         "partial": partial,
         "subdir": subdir,

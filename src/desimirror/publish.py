@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 from desimirror.errors import IncompleteError, RemoteError, UsageError
 from desimirror.keys import KeyMap
-from desimirror.manifest import UPLOADABLE, Manifest
+from desimirror.manifest import Manifest
 from desimirror.transfer import S3Target, TransferItem
 
 FORMAT = "desimirror-manifest"
@@ -92,15 +92,8 @@ class PublishReport:
         return dict(self.__dict__)
 
 
-_ROWS = (
-    "SELECT e.path, e.kind, e.size, e.mtime_ns, e.sha256, e.link_target, e.link_kind,"
-    " p.sha256 FROM entries e LEFT JOIN published p ON p.path = e.path ORDER BY e.path"
-)
-
-
 def write_manifest(manifest: Manifest, keymap: KeyMap, out: TextIO, report: PublishReport) -> None:
     """Write the TSV (uncompressed text) of every entry to ``out``; count into ``report``."""
-    conn = manifest.conn
     header = {
         "release": manifest.root_name or "",
         "prefix": keymap.prefix,
@@ -112,10 +105,10 @@ def write_manifest(manifest: Manifest, keymap: KeyMap, out: TextIO, report: Publ
     for name, value in header.items():
         out.write(f"#{name}\t{value}\n")
     out.write("#columns\t" + "\t".join(COLUMNS) + "\n")
-    uploadable = {
-        p for (p,) in conn.execute(f"SELECT path FROM entries WHERE {UPLOADABLE} AND kind = 'link'")
-    }
-    for path, kind, size, mtime_ns, sha, target, link_kind, published in conn.execute(_ROWS):
+    uploadable = manifest.uploadable_links()
+    for entry, published in manifest.iter_with_published():
+        path, kind, size, mtime_ns = entry.path, entry.kind, entry.size, entry.mtime_ns
+        sha, target, link_kind = entry.sha256, entry.link_target, entry.link_kind
         if path == "":
             continue  # the root itself: the prefix
         report.entries += 1
@@ -216,7 +209,8 @@ def publish(
     report = PublishReport(bucket=target.bucket, manifest_key=tsv_key, summary_key=json_key)
     totals = manifest.totals("")
     report.pending_files = totals["pending_files"]
-    report.complete = report.pending_files == 0
+    partial = manifest.partial_tree_warning()
+    report.complete = report.pending_files == 0 and partial is None
     if not report.complete and not allow_incomplete:
         raise IncompleteError(
             f"{report.pending_files:,} files are not mirrored yet: finish the upload, or "

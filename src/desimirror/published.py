@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from desimirror.checksums import SUFFIX, parse_sha256sum
 from desimirror.errors import redact
-from desimirror.manifest import UPLOADABLE, Manifest
+from desimirror.manifest import Manifest
 from desimirror.sourcetree import SourceRefused, tree_at
 
 #: A listing larger than this is not a checksum file of a product directory; skip it.
@@ -92,44 +93,45 @@ def sync_published(manifest: Manifest, root: str, *, workers: int = 8) -> Checks
                 manifest.drop_listing(path)
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="desimirror-sums") as pool:
         contents = pool.map(lambda row: _read(root, *row), stale)
-        pending = 0
-        manifest.conn.execute("BEGIN IMMEDIATE")
-        try:
-            for (path, size, mtime_ns), data in zip(stale, contents, strict=True):
-                if isinstance(data, str):
-                    report.error(f"{path}: {data}")
-                    continue
-                if len(data) != size:
-                    report.error(f"{path}: changed while being read")
-                    continue
-                listing = parse_sha256sum(data, posixpath.dirname(path))
-                for message in listing.errors:
-                    report.error(f"{path}: {message}")
-                manifest.replace_listing(path, size, mtime_ns, listing.claims, len(listing.errors))
-                report.listings_read += 1
-                pending += 1
-                if pending >= COMMIT_EVERY:
-                    manifest.conn.execute("COMMIT")
-                    manifest.conn.execute("BEGIN IMMEDIATE")
-                    pending = 0
-        except BaseException:
-            manifest.conn.execute("ROLLBACK")
-            raise
-        manifest.conn.execute("COMMIT")
+        # read listings are committed in groups, so a kill keeps what was read before it
+        for group in _groups(zip(stale, contents, strict=True), COMMIT_EVERY):
+            with manifest.atomic():
+                for (path, size, mtime_ns), data in group:
+                    _store(manifest, report, path, size, mtime_ns, data)
     report.references_updated = manifest.apply_published()
-    _count(manifest, report)
+    for name, value in manifest.published_counts().items():
+        setattr(report, name, value)
     return report
 
 
-def _count(manifest: Manifest, report: ChecksumReport) -> None:
-    conn = manifest.conn
-    report.claims = conn.execute("SELECT count(*) FROM published").fetchone()[0]
-    report.files, report.files_with_published, with_sha = conn.execute(
-        "SELECT count(*), count(p.path), count(e.sha256) FROM entries e"
-        f" LEFT JOIN published p ON p.path = e.path WHERE {UPLOADABLE}"
-    ).fetchone()
-    report.files_with_computed = with_sha - report.files_with_published
-    report.listed_but_absent = conn.execute(
-        "SELECT count(*) FROM published p WHERE NOT EXISTS"
-        f" (SELECT 1 FROM entries e WHERE e.path = p.path AND {UPLOADABLE})"
-    ).fetchone()[0]
+def _store(
+    manifest: Manifest,
+    report: ChecksumReport,
+    path: str,
+    size: int,
+    mtime_ns: int | None,
+    data: bytes | str,
+) -> None:
+    """Store what one listing claims (or count why it could not be used)."""
+    if isinstance(data, str):
+        report.error(f"{path}: {data}")
+        return
+    if len(data) != size:
+        report.error(f"{path}: changed while being read")
+        return
+    listing = parse_sha256sum(data, posixpath.dirname(path))
+    for message in listing.errors:
+        report.error(f"{path}: {message}")
+    manifest.replace_listing(path, size, mtime_ns, listing.claims, len(listing.errors))
+    report.listings_read += 1
+
+
+def _groups(items: Iterable, size: int) -> Iterator[list]:
+    group: list = []
+    for item in items:
+        group.append(item)
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group

@@ -10,9 +10,7 @@ SIGTERM, a short grace, then SIGKILL, because weed may ignore SIGTERM.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import socket
 import subprocess
 import time
@@ -21,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from desimirror import processes
 from desimirror.binaries import find_binary
 from desimirror.errors import RemoteError
 
@@ -190,18 +189,8 @@ class SeaweedServer:
     def stop(self, grace: float = 3.0) -> None:
         """Stop the server by PID: SIGTERM, wait ``grace`` seconds, then SIGKILL."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if proc is not None and proc.poll() is None:
+            processes.stop(proc, grace=grace)
 
     def __enter__(self) -> SeaweedServer:
         return self.start()

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from desimirror import processes
 from desimirror.access.env import (
     data_model_env,
     detect_layout,
@@ -260,9 +261,7 @@ def _supervise(argv: list[str], env: dict[str, str], cleanup: Callable[[], None]
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if child.poll() is None:
-            child.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=10)
+            processes.stop(child, grace=10)
         cleanup()
         _say("stopped; data unmounted")
 

@@ -32,13 +32,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from desimirror import processes
 from desimirror.binaries import find_binary
 from desimirror.errors import RemoteError, UsageError
 
@@ -606,20 +606,6 @@ def mount_local(
     return _start(argv, _child_env({}, environ), mp, str(src), "rclone", log, None, state, timeout)
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; reaps it if it is our own exited child (no zombie)."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _is_ours(pid: int, mountpoint: str) -> bool:
     """The PID still belongs to the mount client we started (PIDs get reused)."""
     try:
@@ -632,17 +618,9 @@ def _is_ours(pid: int, mountpoint: str) -> bool:
 
 def _terminate(pid: int, mountpoint: str, grace: float = 5.0) -> None:
     """Wait for the client to exit after unmount; SIGTERM, then SIGKILL, if it does not."""
-    for sig, wait in ((None, grace), (signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if not _alive(pid) or not _is_ours(pid, mountpoint):
-            return
-        if sig is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.05)
+    processes.stop(
+        pid, wait_first=grace, grace=grace, is_ours=lambda p: _is_ours(p.pid, mountpoint)
+    )
 
 
 def _fusermount(mountpoint: str, lazy: bool) -> subprocess.CompletedProcess | None:

@@ -47,6 +47,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from desimirror import processes
 from desimirror.binaries import find_binary
 from desimirror.errors import UsageError
 from desimirror.s3client import (
@@ -332,10 +333,7 @@ class S5cmdBackend:
         """SIGKILL the child by PID (s5cmd keeps no state worth a graceful stop), then reap it."""
         try:
             if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=self.exit_wait)
+                processes.stop(proc, terminate_first=False)
         finally:
             with self._lock:
                 self._children.discard(proc)
