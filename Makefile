@@ -43,12 +43,12 @@ $(VENV)/.installed: $(here)/pyproject.toml
 
 # Crawl the release into the state db and write the seed's tree format.
 find.json: $(VENV)/.installed
-	$(DM) crawl $(release) --db $(db) --workers $(crawl_workers) --json $@
+	$(DM) crawl $(release) --db $(db) --workers $(crawl_workers) --find-json $@
 
 # Plan batches for the selected subdirectory.
 batch.json: find.json
 	$(DM) plan --db $(db) --subdir $(subdir) --max-batch-size $(max_batch_size) \
-		--min-batch-size $(min_batch_size) --json $@
+		--min-batch-size $(min_batch_size) --batch-json $@
 
 # Upload up to max_batches batches; run again until nothing is pending.
 upload: batch.json

@@ -1,16 +1,68 @@
 """Progress reporting, passed down into the library as an object: only the CLI draws.
 
-On a terminal a rich bar shows files, bytes, rate and ETA; when stderr is piped, a plain
-line every few seconds; with ``--json``, nothing until the final report.
+On a terminal a rich bar shows the phase (listing the bucket, hashing, sending), files,
+bytes, rate and ETA; when stderr is piped, a plain line every few seconds and at each new
+phase; with ``--json``, nothing until the final report.
+
+Rate and ETA are computed by :func:`throughput` alone, for the bar and for ``desimirror
+status`` (:mod:`desimirror.status`), so the two agree at any moment: the average since the
+run began, and an ETA only once that average means something.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
+from desimirror.text import plural
 from desimirror.units import format_size
+
+#: No ETA before the run has gone on this long and moved this much: before that the
+#: average is noise (the first second's rate of a 300 TB upload says nothing).
+ETA_AFTER_SECONDS = 10.0
+ETA_AFTER_BYTES = 10 * 10**6
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Bytes per second so far, and the seconds left at that rate (None: not yet known)."""
+
+    bytes_per_second: float
+    eta_seconds: float | None
+
+
+def throughput(done_bytes: float, seconds: float, remaining_bytes: float | None) -> Throughput:
+    """The one definition of rate and ETA: ``done_bytes`` over ``seconds`` since the run
+    began; the ETA is what remains at that rate, given only after ``ETA_AFTER_SECONDS``
+    and ``ETA_AFTER_BYTES``."""
+    rate = done_bytes / seconds if seconds > 0 else 0.0
+    eta = None
+    known = seconds >= ETA_AFTER_SECONDS and done_bytes >= ETA_AFTER_BYTES
+    if remaining_bytes is not None and known and rate > 0:
+        eta = max(remaining_bytes, 0) / rate
+    return Throughput(rate, eta)
+
+
+def format_eta(seconds: float) -> str:
+    """``45s``, ``3m 20s``, ``2h 05m``, ``3d 4h``: precise enough to plan by."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def describe_rate(t: Throughput) -> str:
+    """``19.8 MB/s, ETA 3m 20s`` (the ETA left out until it is known)."""
+    text = f"{format_size(t.bytes_per_second)}/s"
+    return text if t.eta_seconds is None else f"{text}, ETA {format_eta(t.eta_seconds)}"
 
 
 class Progress(Protocol):
@@ -18,42 +70,127 @@ class Progress(Protocol):
 
     def start(self, label: str, files: int | None = None, nbytes: int | None = None) -> None: ...
 
+    def phase(self, name: str) -> None:
+        """What the stage is doing now ("listing the bucket", "hashing", "sending"), so
+        that a count that does not move for a while says why."""
+
     def advance(self, files: int = 0, nbytes: int = 0) -> None: ...
 
     def close(self) -> None: ...
+
+
+# -- what was done, for the message on Ctrl-C ------------------------------------------
+
+
+@dataclass
+class _Tally:
+    label: str = ""
+    files: int = 0
+    nbytes: int = 0
+    total_files: int | None = None
+
+
+_tally = _Tally()
+_resume_command: list[str] | None = None
+
+
+def _track_start(label: str, files: int | None) -> None:
+    global _tally
+    _tally = _Tally(label, 0, 0, files)
+
+
+def _track_advance(files: int, nbytes: int) -> None:
+    _tally.files += files
+    _tally.nbytes += nbytes
+
+
+def set_resume_command(argv: list[str] | None) -> None:
+    """The command that resumes what this process does (said when it is interrupted)."""
+    global _resume_command
+    _resume_command = list(argv) if argv else None
+
+
+def resume_hint() -> str:
+    """``run 'desimirror upload --db m.db' to resume`` (or the same command, if unknown)."""
+    if _resume_command:
+        return f"run '{shlex.join(_resume_command)}' to resume"
+    return "run the same command to resume"
+
+
+def interrupted_message() -> str:
+    """The one line printed when a command is interrupted (Ctrl-C, or a termination
+    signal turned into one): what was saved, and how to go on."""
+    hint = resume_hint()
+    if _tally.label == "upload":
+        of = f" of {_tally.total_files:,}" if _tally.total_files is not None else ""
+        files = plural(_tally.files, "file")
+        return (
+            f"desimirror: interrupted: {files}{of} ({format_size(_tally.nbytes)}) confirmed "
+            f"in this run are saved in the state db; {hint}"
+        )
+    return f"desimirror: interrupted; what was committed is saved in the state db; {hint}"
+
+
+def _interrupted() -> bool:
+    """True when called while an interruption propagates (in a ``finally``)."""
+    exc = sys.exc_info()[1]
+    return exc is not None and not isinstance(exc, Exception)
+
+
+# -- reporters ---------------------------------------------------------------------------
 
 
 class NullProgress:
     """Reports nothing: for ``--json`` runs and for library callers."""
 
     def start(self, label: str, files: int | None = None, nbytes: int | None = None) -> None:
+        del nbytes  # nothing is drawn
+        _track_start(label, files)
+
+    def phase(self, name: str) -> None:
         pass
 
     def advance(self, files: int = 0, nbytes: int = 0) -> None:
-        pass
+        _track_advance(files, nbytes)
 
     def close(self) -> None:
         pass
 
 
 class LineProgress:
-    """A plain status line on stderr at most every ``interval`` seconds (logs, pipes)."""
+    """A plain status line on stderr at most every ``interval`` seconds (logs, pipes), and
+    one when a phase is first entered."""
 
     def __init__(self, interval: float = 5.0, stream=None) -> None:
         self.interval = interval
         self.stream = stream or sys.stderr
         self.label = ""
+        self.current_phase: str | None = None
+        self.announced: set[str] = set()
         self.files = self.nbytes = 0
         self.total_files: int | None = None
         self.total_bytes: int | None = None
         self.t0 = self.last = time.monotonic()
+        self.closed = False
 
     def start(self, label: str, files: int | None = None, nbytes: int | None = None) -> None:
+        _track_start(label, files)
         self.label, self.total_files, self.total_bytes = label, files, nbytes
         self.files = self.nbytes = 0
+        self.current_phase, self.announced, self.closed = None, set(), False
         self.t0 = self.last = time.monotonic()
 
+    def phase(self, name: str) -> None:
+        if name == self.current_phase:
+            return
+        self.current_phase = name
+        if name not in self.announced:
+            self.announced.add(name)
+            self.last = now = time.monotonic()
+            self._emit(now)
+
     def advance(self, files: int = 0, nbytes: int = 0) -> None:
+        _track_advance(files, nbytes)
         self.files += files
         self.nbytes += nbytes
         now = time.monotonic()
@@ -62,55 +199,81 @@ class LineProgress:
             self._emit(now)
 
     def _emit(self, now: float) -> None:
-        elapsed = max(now - self.t0, 1e-9)
-        rate = self.nbytes / elapsed
         files = f"{self.files:,}"
         if self.total_files is not None:
             files += f"/{self.total_files:,}"
         nbytes = format_size(self.nbytes)
+        remaining = None
         if self.total_bytes:
             nbytes += f"/{format_size(self.total_bytes)}"
-        parts = [f"{self.label}: {files} files", nbytes]
-        parts.append(f"{format_size(rate)}/s")
-        if self.total_bytes and rate > 0:
-            eta = (self.total_bytes - self.nbytes) / rate
-            parts.append(f"ETA {eta:,.0f}s")
-        print(", ".join(parts), file=self.stream, flush=True)
+            remaining = self.total_bytes - self.nbytes
+        label = f"{self.label} ({self.current_phase})" if self.current_phase else self.label
+        rate = describe_rate(throughput(self.nbytes, now - self.t0, remaining))
+        print(f"{label}: {files} files, {nbytes}, {rate}", file=self.stream, flush=True)
 
     def close(self) -> None:
-        self._emit(time.monotonic())
+        if self.closed:
+            return
+        self.closed = True
+        if not _interrupted():  # the interruption message says where it stopped
+            self._emit(time.monotonic())
+
+
+#: Columns left free at the right of the bar: the terminal echoes ``^C`` after it, and a
+#: bar as wide as the terminal would wrap there and be drawn a second time below.
+_MARGIN = 3
 
 
 class RichProgress:
-    """A live bar on a terminal: files, bytes, rate and ETA."""
+    """A live bar on a terminal (stderr): phase, files, bytes, rate and ETA."""
 
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, ProgressColumn, TextColumn
         from rich.progress import Progress as RichBar
+        from rich.text import Text
 
+        class RateColumn(ProgressColumn):
+            """Rate and ETA by :func:`throughput`, as ``desimirror status`` computes them."""
+
+            def render(self, task) -> Text:
+                remaining = None if task.total is None else task.total - task.completed
+                t = throughput(task.completed, task.elapsed or 0.0, remaining)
+                return Text(describe_rate(t))
+
+        try:
+            columns = os.get_terminal_size(sys.stderr.fileno()).columns
+        except (OSError, ValueError):
+            columns = 80
+        console = Console(stderr=True, width=max(40, columns - _MARGIN))
         self._bar = RichBar(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
-            TextColumn("{task.fields[files]} files"),
+            TextColumn("{task.fields[files]} files", markup=False),
             DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
+            RateColumn(),
+            console=console,
             transient=False,
         )
         self._task = None
+        self._label = ""
+        self._phase: str | None = None
         self._files = 0
         self._total_files: int | None = None
+        self._running = False
 
     def start(self, label: str, files: int | None = None, nbytes: int | None = None) -> None:
+        _track_start(label, files)
         self._bar.start()
+        self._running = True
+        self._label, self._phase = label, None
         self._files, self._total_files = 0, files
         self._task = self._bar.add_task(label, total=nbytes, files=self._files_text())
+
+    def phase(self, name: str) -> None:
+        if name != self._phase and self._task is not None:
+            self._phase = name
+            self._bar.update(self._task, description=f"{self._label} ({name})")
 
     def _files_text(self) -> str:
         if self._total_files is None:
@@ -118,11 +281,14 @@ class RichProgress:
         return f"{self._files:,}/{self._total_files:,}"
 
     def advance(self, files: int = 0, nbytes: int = 0) -> None:
+        _track_advance(files, nbytes)
         self._files += files
         self._bar.update(self._task, advance=nbytes, files=self._files_text())
 
     def close(self) -> None:
-        self._bar.stop()
+        if self._running:
+            self._running = False
+            self._bar.stop()
 
 
 def for_terminal(json_output: bool) -> Progress:

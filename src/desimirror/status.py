@@ -6,14 +6,19 @@ import json
 import time
 
 from desimirror.manifest import Manifest
+from desimirror.progress import throughput
 
 FAILURE_EXAMPLES = 10
 
 
 def mirror_status(manifest: Manifest) -> dict[str, object]:
     """Files and bytes done and pending, failures with their last error, how the content
-    of what is done was proven, batches, throughput over all upload runs, and an ETA for
-    what is left at that rate."""
+    of what is done was proven, batches, and the latest upload run's rate with an ETA for
+    what is left at that rate.
+
+    The rate is the latest run's (the one in progress, or the last one), computed by
+    :func:`desimirror.progress.throughput` as the upload's own bar computes it, so the
+    two agree while the upload runs; the average over all runs is reported beside it."""
     conn = manifest.conn
     subdir = manifest.get_meta("plan_subdir") or ""
     totals = manifest.totals(subdir)
@@ -29,7 +34,12 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
         "SELECT coalesce(sum(bytes), 0), coalesce(sum(finished - started), 0), count(*)"
         " FROM upload_runs WHERE finished IS NOT NULL"
     ).fetchone()
-    rate = sent_bytes / busy_seconds if busy_seconds > 0 else 0.0
+    average = sent_bytes / busy_seconds if busy_seconds > 0 else 0.0
+    last_bytes, last_seconds = conn.execute(
+        "SELECT bytes, finished - started FROM upload_runs WHERE finished IS NOT NULL"
+        " ORDER BY id DESC LIMIT 1"
+    ).fetchone() or (0, 0.0)
+    latest = throughput(last_bytes, last_seconds, totals["pending_bytes"])
     # as of the last upload run: recomputing it here would cost a query per batch
     batches_total, batches_done = conn.execute(
         "SELECT count(*), count(completed) FROM batches"
@@ -62,9 +72,10 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
         "batches": batches_total,
         "batches_done": batches_done,
         "upload_runs": runs,
-        "bytes_per_second": round(rate, 1),
-        "eta_seconds": round(totals["pending_bytes"] / rate) if rate > 0 else None,
         "partial_tree": manifest.partial_tree_warning(),
+        "bytes_per_second": round(latest.bytes_per_second, 1),
+        "eta_seconds": None if latest.eta_seconds is None else round(latest.eta_seconds),
+        "bytes_per_second_all_runs": round(average, 1),
         "last_crawl": None
         if crawl is None
         else {

@@ -53,6 +53,7 @@ from desimirror.prehash import FileChanged, Prehasher
 from desimirror.progress import NullProgress, Progress
 from desimirror.published import sync_published
 from desimirror.sourcetree import SourceRefused, SourceTree
+from desimirror.text import shown
 from desimirror.throttle import Concurrency
 from desimirror.transfer import S3Target, TransferItem, TransferResult
 
@@ -156,10 +157,27 @@ def _target_record(bucket: str, keymap: KeyMap) -> dict:
     return {"bucket": bucket, **keymap.describe()}
 
 
-def pin_target(manifest: Manifest, bucket: str, keymap: KeyMap) -> None:
-    """Record the layout once the bucket is known to be reachable and writable."""
+def pin_target(
+    manifest: Manifest, bucket: str, keymap: KeyMap, endpoint_url: str | None = None
+) -> None:
+    """Record the layout once the bucket is known to be reachable and writable.
+
+    The endpoint is recorded too (without credentials), as the default of later runs, but
+    is not part of the layout: one store may be reached by several URLs (a proxy, an
+    internal name), so another endpoint is used, and then recorded, not refused.
+    """
     if manifest.get_meta("target") is None:
         manifest.set_meta("target", json.dumps(_target_record(bucket, keymap), sort_keys=True))
+    if endpoint_url and manifest.get_meta("endpoint_url") != _without_userinfo(endpoint_url):
+        manifest.set_meta("endpoint_url", _without_userinfo(endpoint_url))
+
+
+def _without_userinfo(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def pinned_keymap(manifest: Manifest) -> tuple[str, KeyMap]:
@@ -224,7 +242,7 @@ class _Recorder:
         counter = _COUNTERS.get(reason, "files_failed")
         setattr(self.summary, counter, getattr(self.summary, counter) + 1)
         if reason in ("error", "corrupt") and len(self.summary.errors) < 20:
-            self.summary.errors.append(f"{entry.path}: {redact(message)}")
+            self.summary.errors.append(f"{shown(entry.path)}: {redact(message)}")
         self._maybe_commit()
 
     def _maybe_commit(self) -> None:
@@ -411,6 +429,7 @@ class _Uploader:
 
     def _adopt(self, todo: dict[str, _Job]) -> dict[str, _Job]:
         """Record the files whose object is already right; return the ones still to send."""
+        self.progress.phase("listing the bucket")
         found = self.lookup.find(todo)
         candidates = {
             k: j for k, j in todo.items() if (o := found.objects.get(k)) and o.size == j.entry.size
@@ -496,6 +515,7 @@ class _Uploader:
         if not todo:
             return
         if self.backend.sends_checksums:
+            self.progress.phase("sending")
             items = []
             for key, job in todo.items():
                 job.sent = True
@@ -553,6 +573,7 @@ class _Uploader:
         for key, job in chunk:
             item = self._item(key, job)
             try:
+                self.progress.phase("hashing")
                 digest = self.hasher.digests(self._source(job), job.entry, self.options.part_size)
             except (FileChanged, SourceRefused, OSError) as exc:
                 refused.append((job, _failed(item, _read_error(exc), reason=_refusal_reason(exc))))
@@ -570,6 +591,7 @@ class _Uploader:
                 continue
             job.sent = True
             digests[key] = digest
+            self.progress.phase("sending")
             yield item
 
     def _withdraw(self, key: str) -> None:
@@ -625,7 +647,7 @@ def _failed(item: TransferItem, text: str, *, reason: str | None = None) -> Tran
     return TransferResult(
         item,
         ok=False,
-        error=redact(f"PUT {item.key}: {text}"),
+        error=redact(f"PUT {shown(item.key)}: {text}"),
         retryable=reason is None,
         reason=reason,
     )
@@ -695,7 +717,7 @@ def upload(
         raise UsageError(f"remap makes {a!r} and {b!r} share the key {key!r}; fix --remap")
     client = make_client(options.target, max_pool_connections=32)
     check_bucket(client, options.target.bucket, sleep=sleep)
-    pin_target(manifest, options.target.bucket, keymap)
+    pin_target(manifest, options.target.bucket, keymap, options.target.endpoint_url)
 
     summary = UploadSummary(
         bucket=options.target.bucket, backend=options.backend, adopt_mode=options.adopt

@@ -9,13 +9,17 @@ whose object is missing or wrong is returned to pending, so the next upload repa
 
 With ``--checksum`` every object of the right size (or a random ``--sample`` of them) is
 also proven by content (:mod:`desimirror.content`): objects whose bytes differ from the
-file's reference SHA-256 are reported as ``corrupt`` and returned to pending as well.
+file's reference SHA-256 are reported as ``corrupt`` and returned to pending as well;
+an object checked against the local file (no SHA-256 was recorded for it) whose file
+changed since the crawl is reported as ``changed`` instead: the object may well be what
+was crawled, and a re-crawl then an upload settles it.
 The mirror's own metadata (the published manifest under ``PREFIX/.desimirror/``) is not
 "unexpected".
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +40,7 @@ SIGILS: dict[str, str] = {
     "unexpected": "+",
     "corrupt": "!",
     "unproven": "?",
+    "changed": "~",
 }
 EXAMPLES = 20
 #: Keys under ``PREFIX/`` + this hold the mirror's own metadata, not release files.
@@ -63,13 +68,20 @@ class VerifyReport:
     content_ok: int = 0
     corrupt: int = 0
     unproven: int = 0
+    changed: int = 0
     proven_by: dict[str, int] = field(default_factory=dict)
     bytes_reread: int = 0
     partial_tree: str | None = None  # the manifest rests on a crawl that did not finish
 
     @property
     def complete(self) -> bool:
-        return self.missing == 0 and self.differ == 0 and self.corrupt == 0 and self.unproven == 0
+        return (
+            self.missing == 0
+            and self.differ == 0
+            and self.corrupt == 0
+            and self.unproven == 0
+            and self.changed == 0
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {**self.__dict__, "complete": self.complete}
@@ -212,7 +224,8 @@ def _check_content(
     rows = manifest.conn.execute(_CANDIDATES).fetchall()
     chosen = [Candidate(*row) for row in rows if sample >= 1.0 or rng.random() < sample]
     bad: list[tuple[str, str]] = []
-    report.examples["corrupt"], report.examples["unproven"] = [], []
+    for problem in ("corrupt", "unproven", "changed"):
+        report.examples[problem] = []
     for verdict in checker.run(chosen):
         c = verdict.candidate
         report.content_checked += 1
@@ -221,17 +234,37 @@ def _check_content(
             report.proven_by[verdict.method] = report.proven_by.get(verdict.method, 0) + 1
             continue
         problem = "corrupt" if verdict.ok is False else "unproven"
+        message = verdict.message
+        if verdict.ok is False and _changed_since_crawl(manifest, c):
+            problem = "changed"
+            message = "the file changed since the crawl: re-crawl, then upload"
         setattr(report, problem, getattr(report, problem) + 1)
         if len(report.examples[problem]) < EXAMPLES:
-            report.examples[problem].append(f"{c.key}: {redact(verdict.message)}")
+            report.examples[problem].append(f"{c.key}: {redact(message)}")
         if sink:
             sink.write(f"{SIGILS[problem]} {c.key}\n")
-        if verdict.ok is False:
+        if problem == "corrupt":
             bad.append(
                 (c.path, redact(f"verify: the object differs from the file: {verdict.message}"))
             )
     report.bytes_reread = checker.bytes_read
     return bad
+
+
+def _changed_since_crawl(manifest: Manifest, c: Candidate) -> bool:
+    """True when the object was judged against the local file (no SHA-256 was recorded)
+    and that file no longer has the crawl's size and mtime: then the file changed, and
+    nothing says the object is wrong."""
+    if c.reference or c.sha256 or not manifest.root:
+        return False
+    row = manifest.conn.execute(
+        "SELECT size, mtime_ns FROM entries WHERE path = ?", (c.path,)
+    ).fetchone()
+    try:
+        st = os.stat(os.path.join(manifest.root, c.path))
+    except OSError:
+        return True  # gone or unreadable since the crawl
+    return row is None or (st.st_size, st.st_mtime_ns) != (row[0], row[1])
 
 
 def verify(
@@ -289,7 +322,10 @@ def verify(
 def _summary_line(report: VerifyReport) -> str:
     content = ""
     if report.checksum:
-        content = f", {report.corrupt:,} corrupt, {report.unproven:,} unproven"
+        content = (
+            f", {report.corrupt:,} corrupt, {report.unproven:,} unproven, "
+            f"{report.changed:,} changed since the crawl"
+        )
     return (
         f"mirror incomplete: {report.missing:,} missing, {report.differ:,} differ in size"
         f"{content}, {report.unexpected:,} unexpected, of {report.expected_files:,} "

@@ -69,6 +69,37 @@ def normalize_release(name: str, data: str | Path | None = None) -> str:
     raise UsageError(f"unknown release {name!r}: known releases are {known}{where}")
 
 
+def data_warnings(data: str | Path, release: str) -> list[str]:
+    """What looks wrong with ``data`` as the top of the mirror, in words a user can act on.
+
+    Nothing here is fatal (a mount point may be mounted after ``env`` runs), but printing
+    paths that lead nowhere without a word costs an afternoon: the directory missing, or
+    the release directory given instead of the one above it (``DESI_ROOT=.../edr/edr``).
+    """
+    root = Path(data)
+    if not root.exists():
+        return [
+            f"{root} does not exist: the variables point nowhere until the data is there "
+            f"(e.g. 'desimirror mount s3://desidata {root}')"
+        ]
+    if not root.is_dir():
+        return [f"{root} is not a directory"]
+    if (root / release).is_dir():
+        return []
+    if root.name.lower() == release or (root / "spectro").is_dir():
+        return [
+            f"{root} looks like the release itself: DESI_ROOT would be {root / release}; "
+            f"give the directory above it (--data {root.parent})"
+        ]
+    return [f"{root} has no {release}/ directory (it has: {_listing(root)})"]
+
+
+def _listing(root: Path) -> str:
+    names = sorted(name for name in _children(root) if not name.startswith("."))
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return shown or "nothing"
+
+
 def detect_layout(data: str | Path, release: str) -> Layout:
     """``mirror`` when the shared directories sit next to the releases, else ``nersc``.
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -44,6 +45,11 @@ from desimirror.errors import UsageError
 from desimirror.units import format_size
 
 WELCOME = "welcome.ipynb"
+#: The JupyterLab 4 plugin that asks a first-time user "Would you like to get notified
+#: about official Jupyter news?" and checks for updates: a prompt about JupyterLab, not
+#: about the data, on every fresh container. Disabled as `jupyter labextension disable`
+#: would, but in a config directory of the launcher's own, leaving the user's alone.
+NEWS_PLUGIN = "@jupyterlab/apputils-extension:announcements"
 
 
 @dataclass
@@ -139,6 +145,28 @@ def jupyter_env(
     return env
 
 
+def without_news(env: dict[str, str], state_dir: Path) -> dict[str, str]:
+    """``env`` with a Jupyter config directory in front of ``JUPYTER_CONFIG_PATH`` whose
+    ``labconfig/page_config.json`` disables :data:`NEWS_PLUGIN`.
+
+    A config path entry, not the user's ``~/.jupyter``: nothing of the user's is
+    rewritten, and their own settings still apply. If the directory cannot be written the
+    prompt simply stays.
+    """
+    config_dir = state_dir.expanduser() / "jupyter-config"
+    page_config = config_dir / "labconfig" / "page_config.json"
+    try:
+        page_config.parent.mkdir(parents=True, exist_ok=True)
+        page_config.write_text(json.dumps({"disabledExtensions": {NEWS_PLUGIN: True}}) + "\n")
+    except OSError as exc:
+        _say(f"cannot write {page_config} ({exc.strerror or exc}); JupyterLab may ask about news")
+        return env
+    rest = env.get("JUPYTER_CONFIG_PATH")
+    env = dict(env)
+    env["JUPYTER_CONFIG_PATH"] = str(config_dir) + (os.pathsep + rest if rest else "")
+    return env
+
+
 def _say(message: str) -> None:
     print(f"+ {message}", file=sys.stderr, flush=True)
 
@@ -228,6 +256,7 @@ def run(opts: JupyterOptions, *, environ: Mapping[str, str] | None = None) -> in
         _install_welcome(notebook_dir)
         token = None if opts.no_token else (opts.token or secrets.token_hex(24))
         env = jupyter_env(os.environ if environ is None else environ, model, token, opts)
+        env = without_news(env, opts.state_dir)
         argv = jupyter_argv(opts)
         _say(f"starting JupyterLab on {opts.ip}:{opts.port}; open this URL:")
         print(server_url(opts, token), flush=True)

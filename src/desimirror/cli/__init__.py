@@ -25,6 +25,7 @@ from desimirror.cli import (
     verify,
 )
 from desimirror.errors import DesimirrorError, redact
+from desimirror.progress import interrupted_message
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     except DesimirrorError as exc:
         click.echo(f"desimirror: error: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("desimirror: interrupted", err=True)
+    except click.exceptions.Abort:  # click's form of a KeyboardInterrupt
+        click.echo(interrupted_message(), err=True)
         sys.exit(130)
     except click.UsageError as exc:  # click's own three-line form, as one line
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
@@ -59,9 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"desimirror: error: {redact(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo(
-            "desimirror: interrupted; state is saved, run the same command to resume", err=True
-        )
+        click.echo(interrupted_message(), err=True)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -45,6 +46,23 @@ def emit_json(report: dict[str, Any]) -> None:
     sys.stdout.write("\n")
 
 
+def deprecated_json_file(
+    json_out: str | None, report: str, new_value: str | None, new_name: str
+) -> str | None:
+    """The file that ``--json FILE`` (old spelling) or ``new_name FILE`` asks to write.
+
+    ``--json`` prints a report on stdout in every command; crawl and plan once took
+    ``--json FILE`` for the seed's find.json / batch.json, which still works, with a note.
+    """
+    old = json_out if json_out not in (None, report) else None
+    if old is None:
+        return new_value
+    if new_value is not None:
+        raise UsageError(f"give the file once: {new_name} FILE (--json FILE is its old name)")
+    click.echo(f"desimirror: note: --json FILE is deprecated here; use {new_name} {old}", err=True)
+    return old
+
+
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
@@ -60,16 +78,100 @@ def parse_bucket(url: str) -> tuple[str, str | None]:
 
 
 def target_options(func):
-    """--bucket, --endpoint-url and --no-sign-request, shared by upload and verify."""
+    """--bucket, --endpoint-url and --no-sign-request, shared by upload and verify.
+
+    None is required once the db has pinned its target: see :func:`resolve_target`.
+    """
     func = click.option(
         "--no-sign-request", is_flag=True, help="Send unsigned requests (public buckets)."
     )(func)
     func = click.option(
         "--endpoint-url",
         envvar="AWS_ENDPOINT_URL",
-        help="S3 endpoint (default: AWS, or $AWS_ENDPOINT_URL).",
+        help="S3 endpoint (default: $AWS_ENDPOINT_URL, else the one the db's last upload "
+        "used, else AWS).",
     )(func)
-    return click.option("--bucket", required=True, help="Destination, s3://NAME.")(func)
+    return click.option(
+        "--bucket",
+        default=None,
+        metavar="s3://NAME[/PREFIX]",
+        help="Destination bucket; s3://NAME/PREFIX is the same as --prefix PREFIX "
+        "(default: the bucket the db is pinned to).",
+    )(func)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a command goes: the S3 target, and the key layout asked for on the command
+    line or, where nothing was asked, the one the db pinned."""
+
+    target: Any
+    prefix: str | None
+    remap: tuple[str, ...]
+    pinned: bool
+
+
+def resolve_target(
+    manifest: Any,
+    bucket: str | None,
+    endpoint_url: str | None,
+    no_sign_request: bool,
+    *,
+    prefix: str | None = None,
+    remap: tuple[str, ...] = (),
+) -> Destination:
+    """The target for ``upload`` or ``verify``: what the options say, completed by what
+    the db pinned (bucket, prefix, remaps, endpoint), so a re-run needs no target flags.
+
+    Options that disagree with the pin are passed on as given, for the caller to refuse.
+    """
+    from desimirror.transfer import S3Target
+    from desimirror.upload import pinned_keymap
+
+    pinned_bucket, layout = None, None
+    if manifest.get_meta("target") is not None:
+        pinned_bucket, keymap = pinned_keymap(manifest)
+        layout = keymap.describe()
+    if bucket is None:
+        if pinned_bucket is None:
+            raise UsageError(
+                f"--bucket is required: {manifest.path} has not been uploaded anywhere yet"
+            )
+        name, url_prefix = pinned_bucket, None
+    else:
+        name, url_prefix = parse_bucket(bucket)
+    if url_prefix and prefix:
+        raise UsageError("give the key prefix once: either s3://NAME/PREFIX or --prefix")
+    prefix = prefix or url_prefix
+    same_bucket = layout is not None and name == pinned_bucket
+    if same_bucket and prefix is None:
+        prefix = str(layout["prefix"])
+    if same_bucket and not remap:
+        remap = tuple(layout["remap"])  # type: ignore[arg-type]
+    endpoint = endpoint_url or manifest.get_meta("endpoint_url")
+    target = S3Target(bucket=name, endpoint_url=endpoint, no_sign_request=no_sign_request)
+    return Destination(target, prefix, tuple(remap), pinned=same_bucket)
+
+
+def pinned_target(
+    manifest: Any, bucket: str | None, endpoint_url: str | None, no_sign_request: bool
+) -> tuple[Any, Any]:
+    """(target, key map) for commands that read a mirror (verify, manifest publish): the
+    db's pinned target, which --bucket, if given, must name (with its prefix, if any)."""
+    from desimirror.upload import pinned_keymap
+
+    pinned_bucket, keymap = pinned_keymap(manifest)
+    dest = resolve_target(manifest, bucket, endpoint_url, no_sign_request)
+    if dest.target.bucket != pinned_bucket:
+        raise UsageError(
+            f"{manifest.path} mirrors to s3://{pinned_bucket}, not s3://{dest.target.bucket}"
+        )
+    if dest.prefix != keymap.prefix:
+        raise UsageError(
+            f"{manifest.path} mirrors to s3://{pinned_bucket}/{keymap.prefix}/, "
+            f"not s3://{pinned_bucket}/{dest.prefix}/"
+        )
+    return dest.target, keymap
 
 
 def make_target(bucket: str, endpoint_url: str | None, no_sign_request: bool) -> tuple:

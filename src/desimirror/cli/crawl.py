@@ -1,7 +1,7 @@
 """``desimirror crawl``: record a tree in the state db; see :mod:`desimirror.crawl`.
 
-Also the seed's ``find.json`` both ways: ``--json PATH`` writes it after the crawl, and
-``--from-json FILE`` loads one written by the original ``find.py`` instead of crawling.
+Also the seed's ``find.json`` both ways: ``--find-json FILE`` writes it after the crawl,
+and ``--from-json FILE`` loads one written by the original ``find.py`` instead of crawling.
 """
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ import os
 
 import click
 
-from desimirror.cli.common import db_option, emit_json
+from desimirror.cli.common import db_option, deprecated_json_file, emit_json
 from desimirror.crawl import DEFAULT_WORKERS, CrawlSummary, crawl, resolve_root
 from desimirror.errors import UsageError
 from desimirror.executors import crawl_placement
 from desimirror.manifest import Manifest
 from desimirror.progress import for_terminal
+from desimirror.text import plural, shown
 from desimirror.treejson import export_tree_json, import_tree_json
 from desimirror.units import format_size
 
 # ``--json`` alone asks for the stdout report like every other command; ``--json PATH``
-# writes find.json, as the seed's makefile target does (the same convention as ``plan``).
+# is the deprecated spelling of ``--find-json PATH`` (the same convention as ``plan``).
 _REPORT = "\0report"
 _SHOWN_ERRORS = 5
 
@@ -52,17 +53,22 @@ _SHOWN_ERRORS = 5
     "must see the tree at the same path. Needs desimirror[dask].",
 )
 @click.option(
+    "--find-json",
+    "find_json",
+    metavar="FILE",
+    help="Also write the tree to FILE in the seed's find.json format.",
+)
+@click.option(
     "--json",
     "json_out",
     is_flag=False,
     flag_value=_REPORT,
     default=None,
-    metavar="[PATH]",
-    help="Write the tree to PATH in the seed's find.json format; alone, print a JSON report.",
+    metavar="",
+    help="Print one machine-readable JSON report on stdout. (--json FILE: the deprecated "
+    "spelling of --find-json FILE.)",
 )
-@click.option(
-    "--json-report", is_flag=True, help="Print a JSON report on stdout (also with --json PATH)."
-)
+@click.option("--json-report", is_flag=True, hidden=True, help="The same as --json.")
 @click.option(
     "--from-json",
     "from_json",
@@ -81,6 +87,7 @@ def command(
     workers: int,
     processes: int | None,
     scheduler: str | None,
+    find_json: str | None,
     json_out: str | None,
     json_report: bool,
     from_json: str | None,
@@ -90,7 +97,7 @@ def command(
 
     Run it again to refresh: changed files are noticed, vanished ones dropped. Unreadable
     directories are recorded as errors and kept from the last crawl; the exit status is 0.
-    --json PATH also writes the seed's find.json; --from-json FILE loads one instead.
+    --find-json FILE also writes the seed's find.json; --from-json FILE loads one instead.
     """
     report_json = json_report or json_out == _REPORT
     if root is None and from_json is None and json_out and os.path.isdir(json_out):
@@ -98,7 +105,7 @@ def command(
             f"--json took {json_out!r} as the find.json to write: put the directory first, "
             f"e.g. 'desimirror crawl {json_out} --db {db} --json'"
         )
-    tree_json = json_out if json_out not in (None, _REPORT) else None
+    tree_json = deprecated_json_file(json_out, _REPORT, find_json, "--find-json")
     if from_json is not None:
         if root is not None:
             raise UsageError("give either a directory to crawl or --from-json FILE, not both")
@@ -162,13 +169,15 @@ def _lines(r: dict) -> list[str]:
     verb = "crawled" if r["source"] == "crawl" else "imported"
     what = r["root"] or r["root_name"]
     lines = [
-        f"{verb} {what}: {r['entries']:,} entries ({kinds.get('file', 0):,} files, "
-        f"{kinds.get('dir', 0):,} dirs, {kinds.get('link', 0):,} symlinks, "
+        f"{verb} {shown(what)}: {plural(r['entries'], 'entry')} "
+        f"({plural(kinds.get('file', 0), 'file')}, {plural(kinds.get('dir', 0), 'dir')}, "
+        f"{plural(kinds.get('link', 0), 'symlink')}, "
         f"{kinds.get('other', 0):,} other) in {r['seconds']:.1f}s"
         + (f" on {r['ran_on']}" if r["ran_on"] not in (None, "threads") else "")
         + " "
         f"({r['entries_per_second']:,.0f} entries/s, {r['dirs_per_second']:,.0f} dirs/s)",
-        f"  to upload: {r['files']:,} files, {format_size(r['bytes'])}; {r['errors']:,} errors",
+        f"  to upload: {plural(r['files'], 'file')}, {format_size(r['bytes'])}; "
+        f"{plural(r['errors'], 'error')}",
     ]
     links = r["link_kinds"]
     if links:
@@ -178,7 +187,9 @@ def _lines(r: dict) -> list[str]:
             f"{links.get('broken', 0):,} broken"
         )
     if r["vanished"]:
-        lines.append(f"  {r['vanished']:,} entries of earlier crawls are gone and were dropped")
+        lines.append(
+            f"  {plural(r['vanished'], 'entry')} of earlier crawls gone, dropped from the db"
+        )
     lines += [f"  warning: {w}" for w in r["warnings"]]
     if r["find_json"]:
         lines.append(f"wrote {r['find_json']}")
@@ -192,13 +203,6 @@ def _warn_errors(r: dict) -> None:
     note = "" if r["complete"] else "; what is below unreadable paths is kept from earlier crawls"
     click.echo(f"desimirror: {r['errors']:,} CRAWL ERRORS recorded in {r['db']}{note}", err=True)
     for example in r["error_examples"][:_SHOWN_ERRORS]:
-        click.echo(f"  {_shown(example['path'])}: {example['error']}", err=True)
+        click.echo(f"  {shown(example['path'])}: {example['error']}", err=True)
     if r["errors"] > _SHOWN_ERRORS:
         click.echo(f"  ... and {r['errors'] - _SHOWN_ERRORS:,} more", err=True)
-
-
-def _shown(path: str) -> str:
-    """A path on one line: quoted if it holds a newline or another control character."""
-    if not path:
-        return "."
-    return path if path.isprintable() else repr(path)

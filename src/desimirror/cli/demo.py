@@ -51,7 +51,13 @@ def _run(args: list[str], env: dict[str, str]) -> dict:
     help="Working directory for the release, the state db and the server's data.",
 )
 @click.option("--scale", type=float, default=0.5, show_default=True, help="Release size.")
-@click.option("--backend", type=click.Choice(["s5cmd", "native"]), default="s5cmd")
+@click.option(
+    "--backend",
+    type=click.Choice(["s5cmd", "native"]),
+    default="s5cmd",
+    show_default=True,
+    help="The transfer backend the demo's upload uses (see 'desimirror upload --help').",
+)
 def command(workdir: Path, scale: float, backend: str) -> None:
     """Synthesise a DESI-like release, start an embedded S3 server, then crawl, plan,
     upload and verify it, and print a summary. Everything started is stopped."""

@@ -9,6 +9,7 @@ import click
 from desimirror.access.config import load_config
 from desimirror.access.env import (
     data_model_env,
+    data_warnings,
     detect_layout,
     export_lines,
     make_links,
@@ -60,6 +61,8 @@ def command(
     root = Path(data).expanduser() if data else cfg.data_dir
     root = Path(root).absolute()
     name = normalize_release(release or cfg.release, root)
+    for warning in data_warnings(root, name):  # stderr: eval "$(...)" reads stdout only
+        click.echo(f"desimirror: warning: {warning}", err=True)
     chosen = detect_layout(root, name) if layout == "auto" else layout
     env = data_model_env(name, root, chosen)  # type: ignore[arg-type]
     if nersc_links:

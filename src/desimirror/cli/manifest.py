@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import click
 
-from desimirror.cli.common import db_option, finish, json_option, make_target, target_options
+from desimirror.cli.common import db_option, finish, json_option, pinned_target, target_options
 from desimirror.errors import DesimirrorError, UsageError
 from desimirror.manifest import Manifest
 from desimirror.published import sync_published
 from desimirror.units import format_size
-from desimirror.upload import pinned_keymap
 
 
 @click.group("manifest")
@@ -55,7 +54,7 @@ def checksums(db: str, json_output: bool) -> None:
 @json_option
 def publish_command(
     db: str,
-    bucket: str,
+    bucket: str | None,
     endpoint_url: str | None,
     no_sign_request: bool,
     allow_incomplete: bool,
@@ -69,11 +68,8 @@ def publish_command(
     """
     from desimirror.publish import publish
 
-    target, _ = make_target(bucket, endpoint_url, no_sign_request)
     with Manifest.open(db) as manifest:
-        pinned_bucket, keymap = pinned_keymap(manifest)
-        if pinned_bucket != target.bucket:
-            raise UsageError(f"{db} mirrors to s3://{pinned_bucket}, not s3://{target.bucket}")
+        target, keymap = pinned_target(manifest, bucket, endpoint_url, no_sign_request)
         try:
             report = publish(manifest, target, keymap, allow_incomplete=allow_incomplete)
         except DesimirrorError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from desimirror.cli.common import SIZE, db_option, emit_json
+from desimirror.cli.common import SIZE, db_option, deprecated_json_file, emit_json
 from desimirror.errors import UsageError
 from desimirror.manifest import Manifest
 from desimirror.plan import (
@@ -17,10 +17,11 @@ from desimirror.plan import (
     summarize,
     write_batch_json,
 )
+from desimirror.text import plural
 from desimirror.units import format_size
 
 # ``--json`` alone asks for the stdout report like every other command; ``--json PATH``
-# writes batch.json, as the seed's makefile target does.
+# is the deprecated spelling of ``--batch-json PATH``.
 _REPORT = "\0report"
 
 
@@ -56,13 +57,20 @@ _REPORT = "\0report"
     "upload and verify then keep saying so.",
 )
 @click.option(
+    "--batch-json",
+    "batch_json",
+    metavar="FILE",
+    help="Also write the plan to FILE in the seed's batch.json format.",
+)
+@click.option(
     "--json",
     "json_out",
     is_flag=False,
     flag_value=_REPORT,
     default=None,
-    metavar="[PATH]",
-    help="Write the plan to PATH as batch.json; alone, print a JSON report on stdout.",
+    metavar="",
+    help="Print one machine-readable JSON report on stdout. (--json FILE: the deprecated "
+    "spelling of --batch-json FILE.)",
 )
 def command(
     db: str,
@@ -71,12 +79,14 @@ def command(
     min_batch_size: int | None,
     max_files: int | None,
     partial: bool,
+    batch_json: str | None,
     json_out: str | None,
 ) -> None:
     """Plan upload batches: directories that fit go whole, siblings are packed together.
 
     Replacing a plan loses no upload progress (that is kept per file).
     """
+    batch_json = deprecated_json_file(json_out, _REPORT, batch_json, "--batch-json")
     if min_batch_size is None:
         min_batch_size = min(DEFAULT_MIN_BATCH_SIZE, max_batch_size)
     limits = Limits(max_batch_size, min_batch_size, max_files)
@@ -92,8 +102,8 @@ def command(
         original = selection.original_batch_count(limits.max_bytes)
         store_plan(manifest, rel, limits, batches, partial=warning is not None)
         root = manifest.root
-        if json_out and json_out != _REPORT:
-            write_batch_json(json_out, batches, root=root, subdir=rel, limits=limits)
+        if batch_json:
+            write_batch_json(batch_json, batches, root=root, subdir=rel, limits=limits)
     report = {
         "root": root,
         "subdir": rel,
@@ -102,7 +112,7 @@ def command(
         "max_files": limits.max_files,
         **summarize(batches, limits),
         "original_batches": original,
-        "batch_json": json_out if json_out != _REPORT else None,
+        "batch_json": batch_json,
         "warnings": [warning] if warning else [],
     }
     if json_out == _REPORT:
@@ -115,7 +125,7 @@ def command(
 def _lines(r: dict, batches: list[Batch]) -> list[str]:
     where = f"'{r['subdir']}'" if r["subdir"] else "the whole tree"
     lines = [
-        f"planned {_n(r['batches'], 'batch')} for {where}: {_n(r['files'], 'file')}, "
+        f"planned {plural(r['batches'], 'batch')} for {where}: {plural(r['files'], 'file')}, "
         f"{format_size(r['bytes'])}",
         f"  whole directories {r['whole_dirs']:,}, packed groups {r['packed_groups']:,}, "
         f"single files {r['single_files']:,}",
@@ -130,18 +140,13 @@ def _lines(r: dict, batches: list[Batch]) -> list[str]:
         )
     if r["under_min"] and len(batches) > 1 and r["min_batch_size"] < r["max_batch_size"]:
         lines.append(
-            f"  {_n(r['under_min'], 'batch')} under the {format_size(r['min_batch_size'])} "
+            f"  {plural(r['under_min'], 'batch')} under the {format_size(r['min_batch_size'])} "
             "minimum (no sibling left to pack with)"
         )
     if r["over_max"]:
-        lines.append(f"  {_n(r['over_max'], 'single file')} larger than the maximum")
-    lines.append(f"  (the original batch.py would make {_n(r['original_batches'], 'batch')})")
+        lines.append(f"  {plural(r['over_max'], 'single file')} larger than the maximum")
+    lines.append(f"  (the original batch.py would make {plural(r['original_batches'], 'batch')})")
     if r["batch_json"]:
         lines.append(f"wrote {r['batch_json']}")
     lines.extend(f"warning: {w}" for w in r["warnings"])
     return lines
-
-
-def _n(count: int, noun: str) -> str:
-    plural = noun + ("es" if noun.endswith("ch") else "s")
-    return f"{count:,} {noun if count == 1 else plural}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from desimirror.cli.common import (
@@ -9,12 +11,13 @@ from desimirror.cli.common import (
     db_option,
     finish,
     json_option,
-    make_target,
+    resolve_target,
     target_options,
 )
 from desimirror.errors import DesimirrorError, UsageError
 from desimirror.manifest import Manifest
-from desimirror.progress import for_terminal
+from desimirror.progress import for_terminal, set_resume_command
+from desimirror.text import plural
 from desimirror.transfer import BACKENDS
 from desimirror.units import format_size
 from desimirror.upload import ADOPT_MODES, UploadOptions, UploadSummary, upload
@@ -25,16 +28,34 @@ MiB = 1 << 20
 @click.command("upload")
 @db_option
 @target_options
-@click.option("--prefix", help="Key prefix (default: the crawled directory's name).")
+@click.option(
+    "--prefix",
+    help="Key prefix (default: the one the db is pinned to, else the crawled directory's name).",
+)
 @click.option(
     "--remap",
     multiple=True,
     metavar="SRC=DST",
-    help="Rewrite a key prefix, e.g. edr/spectro/data=raw_spectro_data (repeatable).",
+    help="Rewrite a key prefix, e.g. edr/spectro/data=raw_spectro_data (repeatable; "
+    "default: the remaps the db is pinned to).",
 )
-@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="s5cmd", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(sorted(BACKENDS)),
+    default="s5cmd",
+    show_default=True,
+    help="s5cmd: the s5cmd tool sends; each file is hashed first (a second read) and its "
+    "object's ETag checked after. native: boto3 sends each file's SHA-256 with it, so the "
+    "store refuses other bytes (one read).",
+)
 @click.option("--max-batches", type=click.IntRange(min=1), help="Stop cleanly after N batches.")
-@click.option("--workers", type=click.IntRange(1, 1024), default=64, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=64,
+    show_default=True,
+    help="Transfers in flight at once, at most; fewer while the store throttles (503).",
+)
 @click.option(
     "--retries",
     type=click.IntRange(0, 20),
@@ -73,7 +94,7 @@ MiB = 1 << 20
 @json_option
 def command(
     db: str,
-    bucket: str,
+    bucket: str | None,
     endpoint_url: str | None,
     no_sign_request: bool,
     prefix: str | None,
@@ -93,67 +114,99 @@ def command(
     A file counts as mirrored only once the store holds it with its checksum verified
     (the release's published SHA-256, or the file's own) and it still has the size and
     mtime of the crawl. Exits non-zero if any file failed, changed or is corrupt.
+
+    The first upload pins the db to its bucket, prefix and remaps (and remembers the
+    endpoint): later runs need none of them, 'desimirror upload --db m.db' resumes, and
+    options that differ from the pin are refused.
+
+    Credentials come from the standard AWS chain, for either backend:
+    AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the
+    environment, else the profile named by AWS_PROFILE (or the default one) in
+    ~/.aws/credentials and ~/.aws/config, else the instance or container role.
     """
-    target, url_prefix = make_target(bucket, endpoint_url, no_sign_request)
-    if url_prefix and prefix:
-        raise UsageError("give the key prefix once: either s3://NAME/PREFIX or --prefix")
     if part_size < 5 * MiB or part_size % MiB:
         raise UsageError("--part-size must be a whole number of MiB, at least 5 MiB")
-    options = UploadOptions(
-        target=target,
-        prefix=prefix or url_prefix,
-        remap=remap,
-        backend=backend,
-        workers=workers,
-        max_batches=max_batches,
-        max_attempts=retries + 1,
-        backoff_seconds=backoff,
-        adopt=adopt,
-        delete=delete,
-        part_size=part_size,
-    )
     with Manifest.open(db) as manifest:
+        dest = resolve_target(
+            manifest, bucket, endpoint_url, no_sign_request, prefix=prefix, remap=remap
+        )
+        options = UploadOptions(
+            target=dest.target,
+            prefix=dest.prefix,
+            remap=dest.remap,
+            backend=backend,
+            workers=workers,
+            max_batches=max_batches,
+            max_attempts=retries + 1,
+            backoff_seconds=backoff,
+            adopt=adopt,
+            delete=delete,
+            part_size=part_size,
+        )
+        set_resume_command(_resume_argv(db, options, pinned=dest.pinned))
         try:
             summary = upload(manifest, options, progress=for_terminal(json_output))
         except DesimirrorError as exc:
             if json_output and exc.report:
                 finish(exc.report, True, [])
             raise
-    finish(summary.as_dict(), json_output, _lines(summary))
+    finish(summary.as_dict(), json_output, _lines(summary, _resume_argv(db, options)))
 
 
-def _lines(s: UploadSummary) -> list[str]:
+def _resume_argv(db: str, options: UploadOptions, *, pinned: bool = True) -> list[str]:
+    """The command that goes on with this upload: the db alone names the target once it
+    is pinned; the few options that change what a run does are kept."""
+    argv = ["desimirror", "upload", "--db", db]
+    if not pinned:
+        t = options.target
+        argv += ["--bucket", f"s3://{t.bucket}"]
+        argv += ["--prefix", options.prefix] if options.prefix else []
+        for rule in options.remap:
+            argv += ["--remap", rule]
+        argv += ["--endpoint-url", t.endpoint_url] if t.endpoint_url else []
+        argv += ["--no-sign-request"] if t.no_sign_request else []
+    if options.backend != "s5cmd":
+        argv += ["--backend", options.backend]
+    if options.max_batches is not None:
+        argv += ["--max-batches", str(options.max_batches)]
+    return argv
+
+
+def _lines(s: UploadSummary, resume: list[str]) -> list[str]:
     lines = [
-        f"sent {s.files_sent:,} files, {format_size(s.bytes_sent)} in {s.seconds:,.1f}s "
-        f"({format_size(s.rate)}/s) with {s.backend}; "
+        f"sent {plural(s.files_sent, 'file')}, {format_size(s.bytes_sent)} in "
+        f"{s.seconds:,.1f}s ({format_size(s.rate)}/s) with {s.backend}; "
         f"batches: {s.batches_done:,}/{s.batches_total:,} complete"
     ]
     if s.files_adopted:
         how = "by size only (content unproven)" if s.adopt_mode == "size" else "with checksum"
         lines.append(
-            f"adopted {s.files_adopted:,} files ({format_size(s.bytes_adopted)}) already in "
-            f"the bucket, {how}"
+            f"adopted {plural(s.files_adopted, 'file')} ({format_size(s.bytes_adopted)}) "
+            f"already in the bucket, {how}"
         )
     if s.concurrency.get("throttle_events"):
         c = s.concurrency
         lines.append(
-            f"throttled {c['throttle_events']:,} times: concurrency lowered to "
-            f"{c['workers_lowest']} of {c['workers_max']} workers, backed off "
+            f"throttled {plural(c['throttle_events'], 'time')}: concurrency lowered to "
+            f"{c['workers_lowest']} of {plural(c['workers_max'], 'worker')}, backed off "
             f"{s.backoff_seconds:,.1f}s"
         )
     if s.files_gone:
-        lines.append(f"{s.files_gone:,} files ({format_size(s.bytes_gone)}) gone from the source")
+        lines.append(
+            f"{plural(s.files_gone, 'file')} ({format_size(s.bytes_gone)}) gone from the source"
+        )
     if s.files_deleted:
-        lines.append(f"deleted {s.files_deleted:,} objects of files gone from the source")
+        lines.append(f"deleted {plural(s.files_deleted, 'object')} of files gone from the source")
     lines.extend(f"warning: {w}" for w in s.warnings)
     if s.pending_files:
         why = " (stopped at --max-batches)" if s.stopped_early else ""
         lines.append(
-            f"{s.pending_files:,} files ({format_size(s.pending_bytes)}) still pending{why}: "
-            "run the same command again"
+            f"{plural(s.pending_files, 'file')} ({format_size(s.pending_bytes)}) still "
+            f"pending{why}: run '{shlex.join(resume)}' to go on"
         )
     else:
         lines.append(
-            "every planned file is in the bucket; 'desimirror verify --checksum' proves it"
+            "every planned file was confirmed when sent; 'desimirror verify' checks the "
+            "bucket now (--checksum: the content too)"
         )
     return lines

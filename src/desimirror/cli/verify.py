@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from desimirror.cli.common import db_option, finish, json_option, make_target, target_options
+from desimirror.cli.common import db_option, finish, json_option, pinned_target, target_options
 from desimirror.errors import DesimirrorError, UsageError
 from desimirror.manifest import Manifest
 from desimirror.progress import for_terminal
+from desimirror.text import plural, shown
 from desimirror.units import format_size
-from desimirror.upload import pinned_keymap
 from desimirror.verify import VerifyReport, verify
 
 
@@ -58,7 +58,7 @@ from desimirror.verify import VerifyReport, verify
 @json_option
 def command(
     db: str,
-    bucket: str,
+    bucket: str | None,
     endpoint_url: str | None,
     no_sign_request: bool,
     subdir: str | None,
@@ -75,15 +75,15 @@ def command(
 
     Exits 0 only when every expected object is present with the right size (and, with
     --checksum, proven content). Files found missing or wrong are returned to pending, so
-    'desimirror upload' repairs them.
+    'desimirror upload' repairs them. A file that changed since the crawl is reported as
+    changed, not corrupt: re-crawl, then upload.
+
+    The bucket, prefix and endpoint default to the ones the db's uploads pinned.
     """
     if (sample < 1.0 or reread) and not checksum:
         raise UsageError("--sample and --reread go with --checksum")
-    target, _ = make_target(bucket, endpoint_url, no_sign_request)
     with Manifest.open(db) as manifest:
-        pinned_bucket, keymap = pinned_keymap(manifest)
-        if pinned_bucket != target.bucket:
-            raise UsageError(f"{db} mirrors to s3://{pinned_bucket}, not s3://{target.bucket}")
+        target, keymap = pinned_target(manifest, bucket, endpoint_url, no_sign_request)
         selection = manifest.get_meta("plan_subdir") or "" if subdir is None else subdir.strip("/")
         try:
             report = verify(
@@ -112,8 +112,8 @@ def _fields(report: dict) -> dict:
 
 def _lines(r: VerifyReport) -> list[str]:
     lines = [
-        f"expected {r.expected_files:,} objects ({format_size(r.expected_bytes)}) under "
-        f"{', '.join('s3://' + r.bucket + '/' + p for p in r.prefixes)}; "
+        f"expected {plural(r.expected_files, 'object')} ({format_size(r.expected_bytes)}) "
+        f"under {', '.join(shown('s3://' + r.bucket + '/' + p) for p in r.prefixes)}; "
         f"listed {r.listed_objects:,}",
         f"matched {r.matched:,}, missing {r.missing:,}, differ {r.differ:,}, "
         f"unexpected {r.unexpected:,}",
@@ -123,13 +123,16 @@ def _lines(r: VerifyReport) -> list[str]:
         sampled = f" (a {r.sample:g} sample)" if r.sample < 1.0 else ""
         lines.append(
             f"content: checked {r.content_checked:,}{sampled}, proven {r.content_ok:,} "
-            f"({methods}), corrupt {r.corrupt:,}, unproven {r.unproven:,}"
+            f"({methods}), corrupt {r.corrupt:,}, unproven {r.unproven:,}, "
+            f"changed since the crawl {r.changed:,}"
         )
-    for problem in ("missing", "differ", "corrupt", "unproven", "unexpected"):
+    for problem in ("missing", "differ", "corrupt", "unproven", "changed", "unexpected"):
         for key in r.examples.get(problem, [])[:5]:
-            lines.append(f"  {problem}: {key}")
+            lines.append(f"  {problem}: {shown(key)}")
     if r.returned_to_pending:
-        lines.append(f"{r.returned_to_pending:,} files returned to pending: run upload again")
+        lines.append(
+            f"{plural(r.returned_to_pending, 'file')} returned to pending: run upload again"
+        )
     if r.complete and r.checksum:
         lines.append("verified: the bucket holds every file of the mirror, content proven")
     elif r.complete:
