@@ -10,7 +10,14 @@ every non-ASCII character; :func:`write_tree_json` produces those bytes exactly.
 Real DR1 trees are about 1 GB. Neither direction holds the tree in memory: the writer walks
 the manifest one directory at a time, and the reader is a small incremental tokenizer
 (the format has only two tokens: a node header ``[name,type,size`` and a closing ``]``),
-so memory is bounded by one directory's listing per level of depth.
+so memory is bounded by one directory's listing per level of depth; the depth is bounded
+by what PATH_MAX allows (:data:`MAX_DEPTH`), sizes by the db's integers (:data:`MAX_SIZE`).
+
+An import is a crawl without a look at the tree: without a root it has no mtimes and no
+identities, so nothing can be uploaded from it. Given the root where the tree is,
+:class:`LocalTree` stats every node there as the crawl would (the original's find.py
+followed symlinks; the import does not), and the import is a crawl of the paths the file
+lists.
 """
 
 from __future__ import annotations
@@ -321,13 +328,14 @@ class LocalTree:
     kind, size, mtime and identity) and never anything reached through a symlink.
 
     One ``lstat`` per node, relative to a descriptor of its directory; directories are
-    opened from their parent's descriptor with ``O_NOFOLLOW``, so no component of any path
-    is a symlink. The original followed symlinks: a node that is a symlink here is recorded
-    as the crawl records it (a link to a file inside the tree is uploaded with its target's
-    bytes; links to directories, out of the tree or dangling are not uploaded, and what
-    find.py listed below a linked directory is not taken from the file). A node that is
-    gone, of another kind, or of another size than find.json says is a crawl error and is
-    not recorded: the tree changed since find.py ran.
+    opened from their parent's descriptor with ``O_NOFOLLOW``, so no component below the
+    root (which may itself be a symlink, as named) is a symlink. The original followed
+    symlinks: a node that is a symlink here is recorded as the crawl records it (a link to
+    a file inside the tree is uploaded with its target's bytes; links to directories, out
+    of the tree or dangling are not uploaded, and what find.py listed below a linked
+    directory is not taken from the file). A node that is gone, of another kind, or of
+    another size than find.json says is a crawl error and is not recorded: the tree
+    changed since find.py ran.
     """
 
     def __init__(self, tree: TreeRoot) -> None:
@@ -380,16 +388,15 @@ class LocalTree:
             return None, _differs(typ, _FOUND[kind]), None
         if kind == "file" and st.st_size != size:
             return None, _size_differs(st.st_size, size), None
-        identity = (st.st_ctime_ns, st.st_ino, st.st_dev)
+        nbytes = st.st_size if kind == "file" else 0
         entry = Entry(
             path,
             kind,
-            st.st_size if kind == "file" else 0,
+            nbytes,
             st.st_mtime_ns,
-            None,
-            None,
-            None,
-            *identity,
+            ctime_ns=st.st_ctime_ns,
+            ino=st.st_ino,
+            dev=st.st_dev,
         )
         if kind != "dir" or not descend:
             return entry, None, None
@@ -485,7 +492,7 @@ def import_tree_json(
             raise UsageError(f"{source}: the root node must be a directory (type 0), not {typ}")
         _check_name(name, "the root")
         tree = resolve_root(root, manifest.path) if root is not None else None
-        manifest.bind_root(root if tree is None else tree.path, name)
+        manifest.bind_root(tree.path if tree else None, name)
         crawl_id = manifest.begin_crawl(root or os.path.abspath(source))
         summary = CrawlSummary(crawl_id, root, name, "json")
         if tree is not None:
@@ -592,7 +599,7 @@ def _load(
         summary.link_kinds.update(local.link_kinds)
         if local.linked_dirs:
             summary.warnings.append(
-                f"{local.linked_dirs} directories find.json lists are symlinks here: "
+                f"directories find.json lists that are symlinks here: {local.linked_dirs:,}; "
                 "recorded as symlinks (not uploaded), their contents where they really are"
             )
 
