@@ -324,3 +324,13 @@ def test_nesting_deeper_than_path_max_allows_is_refused_early(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     deepest = "/".join(["d"] * (allowed - 1) + ["f"])
     assert rows(tmp_path / "m.db", "SELECT size FROM entries WHERE path = ?", (deepest,)) == [(1,)]
+
+
+@pytest.mark.parametrize(("levels", "name"), [(1, "n" * 5000), (2000, "n" * 250)])
+def test_paths_longer_than_path_max_allows_are_refused(
+    tmp_path: Path, levels: int, name: str
+) -> None:
+    """Within the depth bound, long names would still make rows quadratic in the depth."""
+    text = '["rel",0,0' + f',["{name}",0,0' * levels + "]" * (levels + 1) + "\n"
+    _refused(_import(tmp_path, text), "a path of more than 4,351 characters", "PATH_MAX")
+    assert rows(tmp_path / "m.db", "SELECT count(*) FROM entries") == [(0,)]

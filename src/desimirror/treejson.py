@@ -155,6 +155,10 @@ def export_tree_json(manifest: Manifest, path: str | os.PathLike[str]) -> int:
 #: components ("/a" each), so no find.py tree is deeper; a deeper file would cost time and
 #: memory quadratic in its depth (every row holds its whole path) before anything is known.
 MAX_DEPTH = 2048
+#: The longest path a node may have below the root, in characters: find.py could list no
+#: directory past PATH_MAX (4,096 bytes) nor name anything in it past NAME_MAX (255), and a
+#: character is at least a byte. Bounds the memory a row takes, whatever the depth.
+MAX_PATH = 4096 + 255
 #: The largest size a node may declare: the state db's integers are signed 64-bit.
 MAX_SIZE = (1 << 63) - 1
 #: The node types as find.py writes them (``int(Entry_type)``), by their text.
@@ -620,6 +624,11 @@ def _checked_path(node: Node, parent: _Frame, error: Callable[[str, str], None])
         error(f"{parent.path}/{shown}".lstrip("/"), f"name is not valid UTF-8: {name!r}")
         return None
     path = f"{parent.path}/{name}" if parent.path else name
+    if len(path) > MAX_PATH:
+        raise UsageError(
+            f"not a find.json tree: a path of more than {MAX_PATH:,} characters "
+            f"({path[:60]!r}...); PATH_MAX allows no such path"
+        )
     if name in parent.names:
         error(path, "duplicate name in the same directory; the first one is kept")
         return None
