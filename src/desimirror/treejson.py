@@ -305,7 +305,7 @@ def _check_name(name: str, where: str) -> None:
 
 class _Frame:
     """One open node while importing: its path (None if skipped) and the size check; with
-    a local tree, its directory's descriptor (None until needed, or when not held)."""
+    a local tree, its open directory (None for a skipped one, or one let go when deep)."""
 
     __slots__ = ("children", "fd", "names", "path", "size", "type")
 
