@@ -10,7 +10,14 @@ every non-ASCII character; :func:`write_tree_json` produces those bytes exactly.
 Real DR1 trees are about 1 GB. Neither direction holds the tree in memory: the writer walks
 the manifest one directory at a time, and the reader is a small incremental tokenizer
 (the format has only two tokens: a node header ``[name,type,size`` and a closing ``]``),
-so memory is bounded by one directory's listing per level of depth.
+so memory is bounded by one directory's listing per level of depth; the depth is bounded
+by what PATH_MAX allows (:data:`MAX_DEPTH`), sizes by the db's integers (:data:`MAX_SIZE`).
+
+An import is a crawl without a look at the tree: without a root it has no mtimes and no
+identities, so nothing can be uploaded from it. Given the root where the tree is,
+:class:`LocalTree` stats every node there as the crawl would (the original's find.py
+followed symlinks; the import does not), and the import is a crawl of the paths the file
+lists.
 """
 
 from __future__ import annotations
@@ -18,16 +25,28 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring_ascii  # what json.dump uses for ensure_ascii
 from pathlib import Path
 from typing import TextIO
 
-from desimirror.crawl import CHUNK_ROWS, ERROR_EXAMPLES, CrawlSummary, close_crawl
+from desimirror.crawl import (
+    CHUNK_ROWS,
+    ERROR_EXAMPLES,
+    CrawlSummary,
+    TreeRoot,
+    _reason,
+    close_crawl,
+    resolve_root,
+)
+from desimirror.crawl import _link as classify_link  # the crawl's own rules for symlinks
 from desimirror.errors import UsageError
 from desimirror.manifest import Entry, Manifest
 from desimirror.progress import NullProgress, Progress
+from desimirror.sourcetree import SourceRefused, SourceTree
 
 UNKNOWN, DIRECTORY, FILE = -1, 0, 1
 _KINDS = {DIRECTORY: "dir", FILE: "file", UNKNOWN: "other"}
@@ -131,13 +150,32 @@ def export_tree_json(manifest: Manifest, path: str | os.PathLike[str]) -> int:
 
 # ---------------------------------------------------------------- reading
 
+#: The deepest a node may lie, in path components below the root. The original lists
+#: every directory by its absolute path, which PATH_MAX (4,096 bytes) limits to 2,048
+#: components ("/a" each), so no find.py tree is deeper; a deeper file would cost time and
+#: memory quadratic in its depth (every row holds its whole path) before anything is known.
+MAX_DEPTH = 2048
+#: The longest path a node may have below the root, in characters: find.py could list no
+#: directory past PATH_MAX (4,096 bytes) nor name anything in it past NAME_MAX (255), and a
+#: character is at least a byte. Bounds the memory a row takes, whatever the depth.
+MAX_PATH = 4096 + 255
+#: The largest size a node may declare: the state db's integers are signed 64-bit.
+MAX_SIZE = (1 << 63) - 1
+#: The node types as find.py writes them (``int(Entry_type)``), by their text.
+_TYPES = {"-1": UNKNOWN, "0": DIRECTORY, "1": FILE}
+#: Sizes of at most this many digits are below 2^63 without a comparison.
+_SAFE_DIGITS = 18
+
 # A node header: '[', the name (a JSON string), the type and the size, with the closing
 # ']' if the node has no children (most nodes: files); or a lone closing ']'. Every header
-# but the first is preceded by a comma (a child or a next sibling).
+# but the first is preceded by a comma (a child or a next sibling). The type and the size
+# are read as any JSON scalar (a number, a string, true, null) and checked afterwards, so
+# that a bad one is refused with the path of its node rather than as a syntax error.
+_VALUE = r'"(?:[^"\\]|\\.)*"|[^\s,\[\]"]+'
 _TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<comma>,\s*)?\[\s*"(?P<name>(?:[^"\\]|\\.)*)"\s*,\s*(?P<type>-?\d+)\s*,\s*(?P<size>-?\d+)
-        \s*(?P<leaf>\])?
+    rf"""\s*(?:
+        (?P<comma>,\s*)?\[\s*"(?P<name>(?:[^"\\]|\\.)*)"\s*,\s*(?P<type>{_VALUE})\s*,
+        \s*(?P<size>{_VALUE})\s*(?P<leaf>\])?
       | (?P<close>\])
     )\s*""",
     re.VERBOSE | re.DOTALL,
@@ -150,9 +188,12 @@ Node = tuple[str, int, int, bool]
 def iter_tree_json(stream: TextIO) -> Iterator[Node | None]:
     """The nodes of a find.json as they come: ``(name, type, size, leaf)`` on entering a
     node, ``None`` on leaving one that is not a leaf (leaves close at once, with no event).
-    Reads ``stream`` in chunks; raises UsageError on bad input."""
+    Reads ``stream`` in chunks; raises UsageError on bad input: a type that is not -1, 0
+    or 1, a size that is not an integer from 0 to 2^63-1 (both naming the node's path), a
+    node deeper than :data:`MAX_DEPTH` (as soon as it is met)."""
     buf, pos, offset, eof = "", 0, 0, False
-    depth, first = 0, True
+    first = True
+    above: list[str] = []  # the names of the nodes entered and not left, the root first
     while True:
         match = _TOKEN.match(buf, pos)
         if (match is None or match.end() == len(buf)) and not eof:
@@ -164,21 +205,67 @@ def iter_tree_json(stream: TextIO) -> Iterator[Node | None]:
                 eof = True
             continue
         if match is None:
-            _check_end(buf[pos:], offset + pos, depth, first)
+            _check_end(buf[pos:], offset + pos, len(above), first)
             return
         if match.group("close"):
-            if depth == 0:
+            if not above:
                 raise UsageError(f"not a find.json tree: stray ']' at character {offset + pos}")
-            depth -= 1
+            above.pop()
             yield None
         else:
-            if bool(match.group("comma")) == first or (depth == 0 and not first):
+            if bool(match.group("comma")) == first or (not above and not first):
                 raise UsageError(f"not a find.json tree: bad separator at character {offset + pos}")
+            if len(above) > MAX_DEPTH:
+                raise UsageError(
+                    f"not a find.json tree: nodes nested deeper than {MAX_DEPTH:,} levels "
+                    f"(at character {offset + pos}); PATH_MAX allows no more"
+                )
             first = False
+            name = _decode_name(match["name"])
+            typ = _TYPES.get(match["type"])
+            if typ is None:
+                raise UsageError(
+                    f"unknown node type {_shown(match['type'])} for {_where(above, name)}"
+                )
+            raw = match["size"]
+            if len(raw) <= _SAFE_DIGITS and raw.isascii() and raw.isdigit():
+                size = int(raw)
+            else:
+                size = _large_size(raw, above, name)
             leaf = match["leaf"] is not None
-            depth += not leaf
-            yield _decode_name(match["name"]), int(match["type"]), int(match["size"]), leaf
+            if not leaf:
+                above.append(name)
+            yield name, typ, size, leaf
         pos = match.end()
+
+
+def _large_size(raw: str, above: list[str], name: str) -> int:
+    """A size of more than :data:`_SAFE_DIGITS` digits if it is below 2^63; else the error
+    (negative, too large, or not an integer: a float, a bool, a string, null)."""
+    if raw.isascii() and raw.isdigit():
+        # int() of a long digit string is slow (and limited); its length already tells
+        if len(raw) <= len(str(MAX_SIZE)) and int(raw) <= MAX_SIZE:
+            return int(raw)
+        problem = f"size {_shown(raw)} for {_where(above, name)} is too large"
+    elif raw[:1] == "-" and raw[1:].isascii() and raw[1:].isdigit():
+        problem = f"negative size {_shown(raw)} for {_where(above, name)}"
+    else:
+        problem = f"size {_shown(raw)} for {_where(above, name)} is not an integer"
+    raise UsageError(f"{problem}: a find.json size is a number of bytes from 0 to 2^63-1")
+
+
+def _shown(raw: str) -> str:
+    """A value from the file, short and on one line, for a message."""
+    text = raw if len(raw) <= 40 else raw[:40] + "..."
+    return text if text.isprintable() else repr(text)
+
+
+def _where(above: list[str], name: str) -> str:
+    """A node's path below the root, quoted, for a message."""
+    if not above:
+        return "the root node"
+    path = repr("/".join([*above[1:], name]))
+    return path if len(path) <= 200 else path[:200] + "..."
 
 
 def _read(stream: TextIO) -> str:
@@ -217,14 +304,157 @@ def _check_name(name: str, where: str) -> None:
 
 
 class _Frame:
-    """One open node while importing: its path (None if skipped) and the size check."""
+    """One open node while importing: its path (None if skipped) and the size check; with
+    a local tree, its open directory (None for a skipped one, or one let go when deep)."""
 
-    __slots__ = ("children", "names", "path", "size", "type")
+    __slots__ = ("children", "fd", "names", "path", "size", "type")
 
-    def __init__(self, path: str | None, typ: int, size: int) -> None:
-        self.path, self.type, self.size = path, typ, size
+    def __init__(self, path: str | None, typ: int, size: int, fd: int | None = None) -> None:
+        self.path, self.type, self.size, self.fd = path, typ, size, fd
         self.children = 0  # the sum of the children's declared sizes
         self.names: set[str] = set()
+
+
+# ---------------------------------------------------------------- the tree on this machine
+
+#: Directory descriptors held at most on the way down; deeper levels let their parent's
+#: go and reopen it beneath the root when they return to it.
+_HELD_FDS = 256
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: What find.json says a node is, and what it is here, in words.
+_LISTED = {FILE: "a file", DIRECTORY: "a directory", UNKNOWN: "an unknown entry (type -1)"}
+_FOUND = {"file": "a regular file", "dir": "a directory", "other": "a special file"}
+
+
+class LocalTree:
+    """The tree a find.json describes, where it is on this machine: every node is stat'ed
+    as the crawl stats it, so the import records what the uploader will check (the real
+    kind, size, mtime and identity) and never anything reached through a symlink.
+
+    One ``lstat`` per node, relative to a descriptor of its directory; directories are
+    opened from their parent's descriptor with ``O_NOFOLLOW``, so no component below the
+    root (which may itself be a symlink, as named) is a symlink. The original followed
+    symlinks: a node that is a symlink here is recorded as the crawl records it (a link to
+    a file inside the tree is uploaded with its target's bytes; links to directories, out
+    of the tree or dangling are not uploaded, and what find.py listed below a linked
+    directory is not taken from the file). A node that is gone, of another kind, or of
+    another size than find.json says is a crawl error and is not recorded: the tree
+    changed since find.py ran.
+    """
+
+    def __init__(self, tree: TreeRoot) -> None:
+        self.tree = tree
+        self.root_fd = os.open(tree.path, _DIR_FLAGS & ~os.O_NOFOLLOW)  # named as given
+        self.link_kinds: Counter[str] = Counter()
+        self.linked_dirs = 0  # directories find.py listed through a symlink
+        self._beneath: SourceTree | None = None
+
+    def close(self, stack: list[_Frame]) -> None:
+        for frame in stack:
+            self.leave(frame)
+        os.close(self.root_fd)
+        if self._beneath is not None:
+            self._beneath.close()
+
+    def root_entry(self) -> Entry:
+        tree = self.tree
+        return Entry("", "dir", 0, tree.mtime_ns, None, None, None, *tree.identity)
+
+    def leave(self, frame: _Frame) -> None:
+        """Close a directory's descriptor as the import leaves it (never the root's)."""
+        if frame.fd is not None and frame.fd != self.root_fd:
+            os.close(frame.fd)
+        frame.fd = None
+
+    def look(
+        self, stack: list[_Frame], name: str, path: str, typ: int, size: int, descend: bool
+    ) -> tuple[Entry | None, str | None, int | None]:
+        """Stat node ``name`` of the directory on top of ``stack`` (find.json says ``typ``
+        and ``size``). Returns the entry to record (None: not recorded), an error to record
+        (None: none) and, for a real directory to ``descend`` into, its open descriptor
+        (None: its subtree in the file is skipped)."""
+        if path in self.tree.exclude:
+            return None, None, None
+        try:
+            fd = self._fd_of(stack)
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None, "listed in find.json but gone from the tree; not uploaded (re-crawl)", None
+        except SourceRefused as exc:
+            return None, f"cannot open its directory: {exc}", None
+        except OSError as exc:
+            return None, f"cannot stat: {_reason(exc)}", None
+        fmt = stat.S_IFMT(st.st_mode)
+        if fmt == stat.S_IFLNK:
+            return self._link(name, path, fd, st, typ, size, descend)
+        kind = "file" if fmt == stat.S_IFREG else "dir" if fmt == stat.S_IFDIR else "other"
+        if kind != _KINDS[typ]:
+            return None, _differs(typ, _FOUND[kind]), None
+        if kind == "file" and st.st_size != size:
+            return None, _size_differs(st.st_size, size), None
+        nbytes = st.st_size if kind == "file" else 0
+        entry = Entry(
+            path,
+            kind,
+            nbytes,
+            st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+            ino=st.st_ino,
+            dev=st.st_dev,
+        )
+        if kind != "dir" or not descend:
+            return entry, None, None
+        try:
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            return entry, f"cannot open directory: {_reason(exc)}; its contents not recorded", None
+        if len(stack) >= _HELD_FDS:
+            self.leave(stack[-1])  # reopened beneath the root if the import comes back to it
+        return entry, None, child
+
+    def _fd_of(self, stack: list[_Frame]) -> int:
+        frame = stack[-1]
+        if frame.fd is None:  # let go on the way down (deep trees): reopen beneath the root
+            if self._beneath is None:
+                self._beneath = SourceTree(self.tree.path)
+            frame.fd = self._beneath.open_beneath(frame.path or "")
+        return frame.fd
+
+    def _link(
+        self,
+        name: str,
+        path: str,
+        fd: int,
+        st: os.stat_result,
+        typ: int,
+        size: int,
+        descend: bool,
+    ) -> tuple[Entry | None, str | None, int | None]:
+        """A node that is a symlink here, classified as the crawl classifies it."""
+        _name, _kind, lsize, mtime, target, link_kind, *identity = classify_link(
+            self.tree, name, path, fd, st
+        )
+        if link_kind == "file":
+            if typ != FILE:
+                return None, _differs(typ, "a symlink to a file"), None
+            if lsize != size:
+                return None, _size_differs(lsize, size), None
+        elif typ == DIRECTORY and descend:
+            self.linked_dirs += 1
+        self.link_kinds[link_kind] += 1
+        entry = Entry(path, "link", lsize, mtime, target, link_kind, None, *identity)
+        return entry, None, None
+
+
+def _differs(typ: int, found: str) -> str:
+    return f"find.json lists {_LISTED[typ]}, here it is {found}; not uploaded (re-crawl)"
+
+
+def _size_differs(real: int, listed: int) -> str:
+    return f"its size is {real:,} bytes, find.json says {listed:,}; not uploaded (re-crawl)"
+
+
+# ---------------------------------------------------------------- importing
 
 
 def import_tree_json(
@@ -236,15 +466,17 @@ def import_tree_json(
 ) -> CrawlSummary:
     """Load a find.json written by the original ``find.py`` as a crawl of its tree.
 
-    Entries get no mtime (the format has none), so an upload re-checks them against a real
-    crawl; unknowns (type -1) become kind 'other'. ``root`` is the absolute path the tree
-    lives at, if it is here; the db is bound to it and to the JSON root's name.
+    Without ``root``, entries get no mtime and no identity (the format has none): a tree
+    to plan and look at, with no local source to upload from; unknowns (type -1) become
+    kind 'other'. ``root`` is the absolute path the tree lives at, if it is here: every
+    node is then stat'ed there (see :class:`LocalTree`), so the import can be uploaded and
+    verified like a crawl. The db is bound to the root and to the JSON root's name.
 
     The entries are written in one transaction: a file that turns out bad half-way (a
-    syntax error, an unsafe name like ``..``) changes no entry, and the failed import is
-    recorded as a crawl with one error. Names that are not valid UTF-8 (escaped surrogates,
-    which an S3 key cannot hold) and repeated names are skipped with their subtrees and
-    recorded as crawl errors.
+    syntax error, an unsafe name like ``..``, a bad size, nesting past :data:`MAX_DEPTH`)
+    changes no entry, and the failed import is recorded as a crawl with one error. Names
+    that are not valid UTF-8 (escaped surrogates, which an S3 key cannot hold) and
+    repeated names are skipped with their subtrees and recorded as crawl errors.
     """
     progress = progress or NullProgress()
     started = time.monotonic()
@@ -252,19 +484,28 @@ def import_tree_json(
         stream = open(source, encoding="utf-8")  # noqa: SIM115 - closed in the finally
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+    local: LocalTree | None = None
+    stack: list[_Frame] = []
     try:
         nodes = iter_tree_json(stream)
-        name, typ, size, _leaf = next(nodes)  # type: ignore[misc]  # never None
+        try:
+            name, typ, size, _leaf = next(nodes)  # type: ignore[misc]  # never None
+        except UsageError as exc:
+            raise UsageError(f"{source}: {exc}") from None
         if typ != DIRECTORY:
             raise UsageError(f"{source}: the root node must be a directory (type 0), not {typ}")
         _check_name(name, "the root")
-        manifest.bind_root(root, name)
+        tree = resolve_root(root, manifest.path) if root is not None else None
+        manifest.bind_root(tree.path if tree else None, name)
         crawl_id = manifest.begin_crawl(root or os.path.abspath(source))
         summary = CrawlSummary(crawl_id, root, name, "json")
+        if tree is not None:
+            local = LocalTree(tree)
+        stack.append(_Frame("", typ, size, local.root_fd if local else None))
         progress.start("import")
         try:
             with manifest.atomic():
-                _load(nodes, _Frame("", typ, size), manifest, summary, progress)
+                _load(nodes, stack, manifest, summary, progress, local)
         except UsageError as exc:
             with manifest.atomic():
                 manifest.put_crawl_errors(crawl_id, [("", f"import failed: {exc}")])
@@ -273,6 +514,8 @@ def import_tree_json(
     finally:
         stream.close()
         progress.close()
+        if local is not None:
+            local.close(stack)
     close_crawl(manifest, summary, [])
     summary.seconds = time.monotonic() - started
     return summary
@@ -280,16 +523,19 @@ def import_tree_json(
 
 def _load(
     nodes: Iterator[Node | None],
-    root: _Frame,
+    stack: list[_Frame],
     manifest: Manifest,
     summary: CrawlSummary,
     progress: Progress,
+    local: LocalTree | None,
 ) -> None:
-    """Write every node below ``root`` into the manifest, in chunks of rows."""
-    rows = [Entry("", "dir", 0)]
+    """Write every node below the root (alone on ``stack``) into the manifest, in chunks
+    of rows; with a ``local`` tree, as stat'ed there."""
+    root = stack[0]
+    rows = [local.root_entry() if local else Entry("", "dir", 0)]
     errors: list[tuple[str, str]] = []
-    stack = [root]
     mismatched = 0
+    uploadable = 0  # bytes: their sum must fit the db's integers too
 
     def error(path: str, message: str) -> None:
         summary.errors += 1
@@ -298,30 +544,50 @@ def _load(
         errors.append((path, message))
 
     def flush() -> None:
+        nonlocal uploadable
+        nbytes = sum(e.size for e in rows if e.kind == "file" or e.link_kind == "file")
+        uploadable += nbytes
+        if uploadable > MAX_SIZE:
+            raise UsageError("the files' sizes add up to more than 2^63-1 bytes")
         for entry in rows:
             summary.kinds[entry.kind] += 1
         manifest.put_entries(summary.crawl_id, rows)
         manifest.put_crawl_errors(summary.crawl_id, errors)
         summary.entries += len(rows)
-        progress.advance(files=len(rows), nbytes=sum(e.size for e in rows if e.kind == "file"))
+        progress.advance(files=len(rows), nbytes=nbytes)
         rows.clear()
         errors.clear()
 
     for node in nodes:
         if node is None:
             done = stack.pop()
+            if local is not None:
+                local.leave(done)
             mismatched += done.type == DIRECTORY and done.children != done.size
             if stack:
                 stack[-1].children += done.size
             continue
         parent = stack[-1]
-        path = _add_node(node, parent, rows, error)
-        _name, typ, size, leaf = node
+        name, typ, size, leaf = node
+        path = _checked_path(node, parent, error)
+        fd = None
+        if path is None:
+            pass
+        elif local is None:
+            rows.append(Entry(path, _KINDS[typ], 0 if typ == DIRECTORY else size))
+        else:
+            entry, problem, fd = local.look(stack, name, path, typ, size, not leaf)
+            if entry is not None:
+                rows.append(entry)
+            if problem is not None:
+                error(path, problem)
+            if fd is None:
+                path = None  # its subtree in the file is not this tree's: skipped
         if leaf:
             mismatched += typ == DIRECTORY and size != 0
             parent.children += size
         else:
-            stack.append(_Frame(path, typ, size))
+            stack.append(_Frame(path, typ, size, fd))
         if len(rows) >= CHUNK_ROWS:
             flush()
     flush()
@@ -333,23 +599,24 @@ def _load(
             f"{mismatched} directory sizes in the file differ from the sum of their "
             "children; the sums are used"
         )
+    if local is not None:
+        summary.link_kinds.update(local.link_kinds)
+        if local.linked_dirs:
+            summary.warnings.append(
+                f"directories find.json lists that are symlinks here: {local.linked_dirs:,}; "
+                "recorded as symlinks (not uploaded), their contents where they really are"
+            )
 
 
-def _add_node(
-    node: Node, parent: _Frame, rows: list[Entry], error: Callable[[str, str], None]
-) -> str | None:
-    """Check one node against its parent and queue its row; returns its path, or None if
-    it is skipped (with its subtree)."""
-    name, typ, size, _leaf = node
+def _checked_path(node: Node, parent: _Frame, error: Callable[[str, str], None]) -> str | None:
+    """Check one node against its parent; returns its path, or None if it is skipped
+    (with its subtree)."""
+    name, _typ, _size, _leaf = node
     if parent.path is None:  # inside a skipped subtree
         return None
     if parent.type != DIRECTORY:
         raise UsageError(f"not a find.json tree: {parent.path!r} has children but is a file")
     _check_name(name, parent.path)
-    if typ not in _KINDS:
-        raise UsageError(f"unknown node type {typ} for {name!r} in {parent.path or 'the root'}")
-    if size < 0:
-        raise UsageError(f"negative size for {name!r} in {parent.path or 'the root'}")
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -357,9 +624,13 @@ def _add_node(
         error(f"{parent.path}/{shown}".lstrip("/"), f"name is not valid UTF-8: {name!r}")
         return None
     path = f"{parent.path}/{name}" if parent.path else name
+    if len(path) > MAX_PATH:
+        raise UsageError(
+            f"not a find.json tree: a path of more than {MAX_PATH:,} characters "
+            f"({path[:60]!r}...); PATH_MAX allows no such path"
+        )
     if name in parent.names:
         error(path, "duplicate name in the same directory; the first one is kept")
         return None
     parent.names.add(name)
-    rows.append(Entry(path, _KINDS[typ], 0 if typ == DIRECTORY else size))
     return path

@@ -79,7 +79,8 @@ _SHOWN_ERRORS = 5
     "--root",
     "tree_root",
     metavar="DIR",
-    help="With --from-json: where that tree is on this machine (needed to upload from it).",
+    help="With --from-json: where that tree is on this machine; every path is stat'ed "
+    "there, as a crawl does, so that the import can be uploaded.",
 )
 def command(
     root: str | None,
