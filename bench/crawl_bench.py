@@ -334,8 +334,8 @@ class Bench:
             ("desimirror crawl (new db)", [*crawl, "--db", str(db)], repeats, 600, db),
             ("desimirror crawl (re-crawl)", [*crawl, "--db", str(recrawl_db)], repeats, 600, None),
             (
-                "desimirror crawl --json (new db)",
-                [*crawl, "--db", str(db), "--json", str(json_out)],
+                "desimirror crawl --find-json (new db)",
+                [*crawl, "--db", str(db), "--find-json", str(json_out)],
                 1,
                 600,
                 db,
@@ -415,7 +415,13 @@ class Bench:
         crawl = [*self.dm, "crawl", str(tree), "--db", str(db), "--workers", str(WORKERS)]
         tools: list[tuple[str, list[str], int, float, Path | None]] = [
             ("find", ["find", str(tree), "-printf", FIND_SIZE_FORMAT], 1, 600, None),
-            ("desimirror crawl --json (new db)", [*crawl, "--json", str(json_out)], 1, 1800, db),
+            (
+                "desimirror crawl --find-json (new db)",
+                [*crawl, "--find-json", str(json_out)],
+                1,
+                1800,
+                db,
+            ),
             ("desimirror plan", [*self.dm, "plan", "--db", str(db)], 1, 600, None),
             (
                 "desimirror plan --max-batch-size 1GB",
