@@ -547,7 +547,7 @@ def test_the_summary_and_the_db_agree(tmp_path: Path, manifest: Manifest) -> Non
     summary = crawl(root, manifest)
     ours = {p: e.size for p, e in all_rows(manifest).items() if e.kind == "dir"}
     manifest.conn.execute("BEGIN")
-    manifest._compute_dir_sizes()
+    manifest._roll_up_dir_sizes()
     theirs = {p: e.size for p, e in all_rows(manifest).items() if e.kind == "dir"}
     manifest.conn.execute("ROLLBACK")
     assert ours == theirs

@@ -61,7 +61,7 @@ def make_manifest(db: str | Path, tree: Tree) -> Manifest:
     crawl = manifest.begin_crawl(ROOT)
     with manifest.atomic():
         manifest.put_entries(crawl, [Entry("", "dir", 0), *entries_of(tree)])
-    manifest.finish_crawl(crawl)
+    manifest.close_crawl(crawl)
     return manifest
 
 
@@ -347,7 +347,7 @@ def test_scale_200k_rows_correct() -> None:
     crawl = manifest.begin_crawl(ROOT)
     with manifest.atomic():
         manifest.put_entries(crawl, entries)
-    manifest.finish_crawl(crawl)
+    manifest.close_crawl(crawl)
     limits = Limits(200_000, 50_000, max_files=500)
     selection = Selection.load(manifest, "")
     batches = selection.plan(limits)
@@ -433,7 +433,7 @@ def test_entries_whose_directory_entry_is_missing_are_still_planned() -> None:
             crawl,
             [Entry("a/b", "dir", 0), Entry("a/b/f", "file", 5, 1), Entry("c/g", "file", 7, 1)],
         )
-    manifest.finish_crawl(crawl)
+    manifest.close_crawl(crawl)
     limits = Limits(6, 0)
     batches = plan_manifest(manifest, resolve_subdir(manifest, None), limits)
     check_plan(manifest, "", limits, batches)

@@ -125,7 +125,7 @@ def _crawled(manifest: Manifest, entry: Entry) -> None:
     crawl = manifest.begin_crawl("/src")
     with manifest.atomic():
         manifest.put_entries(crawl, [Entry("", "dir", 0), entry])
-    manifest.finish_crawl(crawl)
+    manifest.close_crawl(crawl)
 
 
 def _sent(manifest: Manifest, entry: Entry) -> None:
@@ -182,5 +182,5 @@ def test_an_unfinished_crawl_is_refused_unless_planned_partial(manifest: Manifes
         manifest.require_whole_tree("upload")
     manifest.set_meta("plan_options", f'{{"partial": true, "crawl_id": {crawl}}}')
     assert "did not finish" in manifest.require_whole_tree("upload")
-    manifest.finish_crawl(crawl)
+    manifest.close_crawl(crawl)
     assert manifest.require_whole_tree("upload") is None

@@ -60,7 +60,7 @@ from typing import Any, BinaryIO
 
 from desimirror import processes
 from desimirror.errors import StateError, UsageError
-from desimirror.manifest import UPLOADABLE, Manifest
+from desimirror.manifest import Manifest, roll_up
 from desimirror.progress import NullProgress, Progress
 
 try:
@@ -953,15 +953,9 @@ class _Writer:
                 self.failure = exc
 
     def dir_sizes(self) -> list[tuple[int, str]]:
-        """(recursive bytes of uploadables, path) for every directory listed, as
-        :meth:`Manifest._compute_dir_sizes` defines them when the crawl saw everything."""
-        totals = self.direct
-        for path in sorted(totals, key=lambda p: p.count("/") + (p != ""), reverse=True):
-            if path:
-                parent = path.rpartition("/")[0]
-                if parent in totals:
-                    totals[parent] += totals[path]
-        return [(nbytes, path) for path, nbytes in totals.items()]
+        """(recursive bytes of uploadables, path) for every directory listed, as the
+        manifest defines them (:func:`~desimirror.manifest.roll_up`)."""
+        return [(nbytes, path) for path, nbytes in roll_up(self.direct).items()]
 
 
 def close_crawl(manifest: Manifest, summary: CrawlSummary, keep: list[str]) -> None:
@@ -973,13 +967,9 @@ def close_crawl(manifest: Manifest, summary: CrawlSummary, keep: list[str]) -> N
     the release; so those subtrees keep what an earlier crawl saw (the uploader re-checks
     every file before sending it), while everything the crawl did see is authoritative.
     """
-    summary.vanished = manifest.drop_unseen(summary.crawl_id, keep)
+    summary.vanished = manifest.close_crawl(summary.crawl_id, keep=keep)
     summary.complete = not keep
-    manifest.finish_crawl(summary.crawl_id, complete=not keep)
-    files, nbytes = manifest.conn.execute(
-        f"SELECT count(*), coalesce(sum(size), 0) FROM entries WHERE {UPLOADABLE}"
-    ).fetchone()
-    summary.files, summary.bytes = files, nbytes
+    summary.files, summary.bytes = manifest.uploadable_totals()
 
 
 # ---------------------------------------------------------------- the crawl
@@ -1039,7 +1029,9 @@ def crawl(
     if writer.keep:
         close_crawl(manifest, summary, writer.keep)
     else:
-        summary.vanished = manifest.finish_complete_crawl(crawl_id, drop_unseen=recrawl)
+        summary.vanished = manifest.close_crawl(
+            crawl_id, sizes_written=True, earlier_entries=recrawl
+        )
         summary.files = summary.kinds["file"] + summary.link_kinds["file"]
     summary.seconds = time.monotonic() - started
     return summary

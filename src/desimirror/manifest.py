@@ -107,6 +107,36 @@ _UNCHANGED = (
 )
 
 
+def roll_up(own: dict[str, int], top: str = "") -> dict[str, int]:
+    """Recursive totals per directory from each directory's own (bytes, say): deepest
+    first, each added into its parent when the parent is among them, never past ``top``.
+
+    The one definition of a directory's size, for the manifest, the crawl (which sums as
+    it lists) and the planner (over a selection).
+    """
+    totals = dict(own)
+    for path in sorted(totals, key=_depth, reverse=True):
+        if path != top and path:
+            parent = path.rpartition("/")[0]
+            if parent in totals:
+                totals[parent] += totals[path]
+    return totals
+
+
+def _depth(path: str) -> int:
+    return path.count("/") + (path != "")
+
+
+def _at_or_below(path: str, dirs: set[str]) -> bool:
+    """True if ``path`` is one of ``dirs`` or inside one of them."""
+    while True:
+        if path in dirs:
+            return True
+        if not path:
+            return False
+        path = path.rpartition("/")[0]
+
+
 def subtree_range(path: str) -> tuple[str, str]:
     """The half-open key range holding everything strictly below directory ``path``."""
     if path == "":
@@ -378,40 +408,61 @@ class Manifest:
         )
         return len(rows)
 
-    def finish_crawl(self, crawl_id: int, *, complete: bool = True) -> None:
-        """Close a crawl: drop entries it no longer saw (if it covered the whole tree),
-        recompute directory sizes, record the counts."""
-        with self.atomic() as conn:
-            if complete:
-                conn.execute("DELETE FROM entries WHERE crawl_id != ?", (crawl_id,))
-                # entries that vanished lose their failure records; uploads stay for verify
-                conn.execute("DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)")
-            self._compute_dir_sizes()
-            _record_crawl_counts(conn, crawl_id)
+    def close_crawl(
+        self,
+        crawl_id: int,
+        *,
+        keep: Iterable[str] = (),
+        sizes_written: bool = False,
+        earlier_entries: bool = True,
+    ) -> int:
+        """Mark crawl ``crawl_id`` finished, the one way a crawl or an import ends.
 
-    def _compute_dir_sizes(self) -> None:
-        """Set each directory's size to the recursive sum of the uploadables below it.
-
-        SQLite sums the files of each directory (an index scan); Python then only walks
-        the directories, deepest first, adding each total into its parent.
+        Entries it did not see are dropped (they vanished), except at or below ``keep``: a
+        crawl that could not read some directories does not know what is below them now,
+        and dropping their earlier records would make a transient permission or filesystem
+        hiccup look like deleted data. Directory sizes are rolled up from the files unless
+        the crawl wrote them itself (``sizes_written``); ``earlier_entries=False`` (a first
+        crawl) skips looking for entries to drop. Returns the number dropped. A crawl that
+        never gets here stays unfinished, and the commands that need the whole tree refuse
+        it (:meth:`require_whole_tree`).
         """
-        conn = self.conn
-        direct = dict(
-            conn.execute(
-                f"SELECT parent, sum(size) FROM entries WHERE {UPLOADABLE} GROUP BY parent"
-            )
+        with self.atomic() as conn:
+            dropped = self._drop_unseen(crawl_id, set(keep)) if earlier_entries else 0
+            if dropped:  # vanished entries lose their failure records; uploads stay for verify
+                conn.execute("DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)")
+            if not sizes_written:
+                self._roll_up_dir_sizes()
+            _record_crawl_counts(conn, crawl_id)
+        return dropped
+
+    def _drop_unseen(self, crawl_id: int, keep: set[str]) -> int:
+        if not keep:
+            return self.conn.execute(
+                "DELETE FROM entries WHERE crawl_id != ?", (crawl_id,)
+            ).rowcount
+        stale = self.conn.execute("SELECT path FROM entries WHERE crawl_id != ?", (crawl_id,))
+        gone = [(p,) for (p,) in stale.fetchall() if not _at_or_below(p, keep)]
+        self.conn.executemany("DELETE FROM entries WHERE path = ?", gone)
+        return len(gone)
+
+    def _roll_up_dir_sizes(self) -> None:
+        """Set each directory's size to the recursive sum of the uploadables below it."""
+        own = dict.fromkeys(
+            (p for (p,) in self.conn.execute("SELECT path FROM entries WHERE kind = 'dir'")), 0
         )
-        dirs = [r[0] for r in conn.execute("SELECT path FROM entries WHERE kind = 'dir'")]
-        dirs.sort(key=lambda p: p.count("/") + (p != ""), reverse=True)
-        totals = {d: direct.get(d, 0) for d in dirs}
-        for d in dirs:
-            if d:
-                parent = d.rsplit("/", 1)[0] if "/" in d else ""
-                if parent in totals:
-                    totals[parent] += totals[d]
-        conn.executemany(
-            "UPDATE entries SET size = ? WHERE path = ?", [(t, d) for d, t in totals.items()]
-        )
+        for parent, nbytes in self.conn.execute(
+            f"SELECT parent, sum(size) FROM entries WHERE {UPLOADABLE} GROUP BY parent"
+        ):
+            if parent in own:
+                own[parent] = nbytes
+        self.put_dir_sizes((total, path) for path, total in roll_up(own).items())
+
+    def uploadable_totals(self) -> tuple[int, int]:
+        """(files, bytes) of every uploadable entry."""
+        return self.conn.execute(
+            f"SELECT count(*), coalesce(sum(size), 0) FROM entries WHERE {UPLOADABLE}"
+        ).fetchone()
 
     # -- reading the tree ---------------------------------------------------------------
 
@@ -794,34 +845,7 @@ class Manifest:
         """Drop upload records (objects deleted, or found wrong); inside atomic."""
         self.conn.executemany("DELETE FROM uploads WHERE path = ?", [(p,) for p in paths])
 
-    # -- crawl: forgetting what vanished (added for crawl.py) ----------------------------
-
-    def drop_unseen(self, crawl_id: int, keep: Iterable[str] = ()) -> int:
-        """Delete the entries crawl ``crawl_id`` did not see, except at or below ``keep``.
-
-        A crawl that could not read some directories must not forget what is below them,
-        yet what it did see is authoritative: files gone elsewhere are dropped. Returns the
-        number of entries deleted. Call before :meth:`finish_crawl` (``complete=False``).
-        """
-        kept = set(keep)
-
-        def is_kept(path: str) -> bool:
-            while True:
-                if path in kept:
-                    return True
-                if not path:
-                    return False
-                path = path.rsplit("/", 1)[0] if "/" in path else ""
-
-        with self.atomic() as conn:
-            stale = conn.execute("SELECT path FROM entries WHERE crawl_id != ?", (crawl_id,))
-            gone = [(p,) for (p,) in stale.fetchall() if not is_kept(p)]
-            conn.executemany("DELETE FROM entries WHERE path = ?", gone)
-            if gone:
-                conn.execute("DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)")
-        return len(gone)
-
-    # -- crawl: bulk loading (added for crawl.py's fast path) ----------------------------
+    # -- crawl: bulk loading -------------------------------------------------------------
     #
     # A crawl writes one row per entry, millions of them, as fast as the filesystem lists
     # them. These methods let it do that without per-row overhead; the rows mean exactly
@@ -900,28 +924,9 @@ class Manifest:
 
     def put_dir_sizes(self, sizes: Iterable[tuple[int, str]]) -> None:
         """Set ``(size, path)`` for directories; call inside :meth:`atomic`. For a crawl
-        that saw the whole tree and summed it itself: the sizes :meth:`_compute_dir_sizes`
-        would find, without a pass over the table."""
+        that saw the whole tree and summed it itself (:func:`roll_up`), without a pass
+        over the table."""
         self.conn.executemany("UPDATE entries SET size = ? WHERE path = ?", sizes)
-
-    def finish_complete_crawl(self, crawl_id: int, *, drop_unseen: bool = True) -> int:
-        """:meth:`drop_unseen` and :meth:`finish_crawl` for a crawl that saw the whole tree
-        and set the directory sizes itself (:meth:`put_dir_sizes`); returns the number of
-        entries dropped. ``drop_unseen=False`` skips looking for entries of earlier crawls
-        when there were none.
-        """
-        with self.atomic() as conn:
-            dropped = 0
-            if drop_unseen:
-                dropped = conn.execute(
-                    "DELETE FROM entries WHERE crawl_id != ?", (crawl_id,)
-                ).rowcount
-                if dropped:
-                    conn.execute(
-                        "DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)"
-                    )
-            _record_crawl_counts(conn, crawl_id)
-        return dropped
 
 
 def _record_crawl_counts(conn: sqlite3.Connection, crawl_id: int) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from desimirror.errors import UsageError
-from desimirror.manifest import Entry, Manifest
+from desimirror.manifest import Entry, Manifest, roll_up
 
 DEFAULT_MAX_BATCH_SIZE = 10**12  # 1 TB, as the seed's makefile
 DEFAULT_MIN_BATCH_SIZE = 10 * 10**9  # 10 GB, the seed's "10 gigabytes to 1 terabyte"
@@ -275,14 +275,9 @@ def _is_uploadable(entry: Entry) -> bool:
 def _propagate(
     dirs: set[str], top: str, direct: dict[str, tuple[int, int]]
 ) -> dict[str, tuple[int, int]]:
-    """Recursive (bytes, files) per directory: deepest first, each added into its parent."""
-    nbytes = {d: direct.get(d, (0, 0))[0] for d in dirs}
-    nfiles = {d: direct.get(d, (0, 0))[1] for d in dirs}
-    for d in sorted(dirs, key=lambda p: p.count("/"), reverse=True):
-        if d != top:
-            parent = _parent(d)
-            nbytes[parent] += nbytes[d]
-            nfiles[parent] += nfiles[d]
+    """Recursive (bytes, files) per directory below ``top`` (:func:`roll_up`, twice)."""
+    nbytes = roll_up({d: direct.get(d, (0, 0))[0] for d in dirs}, top)
+    nfiles = roll_up({d: direct.get(d, (0, 0))[1] for d in dirs}, top)
     return {d: (nbytes[d], nfiles[d]) for d in dirs}
 
 

@@ -507,9 +507,9 @@ def import_tree_json(
             with manifest.atomic():
                 _load(nodes, stack, manifest, summary, progress, local)
         except UsageError as exc:
+            # recorded, and left unfinished: what was loaded is not the tree
             with manifest.atomic():
                 manifest.put_crawl_errors(crawl_id, [("", f"import failed: {exc}")])
-            manifest.finish_crawl(crawl_id, complete=False)
             raise UsageError(f"{source}: {exc}") from None
     finally:
         stream.close()
