@@ -107,6 +107,29 @@ _UNCHANGED = (
 )
 
 
+def _upsert_entries(crawl_id: int, *, with_sha256: bool) -> str:
+    """The one upsert of entries, for rows of (path, parent, name, kind, size, mtime_ns,
+    link_target, link_kind, ctime_ns, ino, dev[, sha256]) seen by crawl ``crawl_id``.
+
+    A recorded checksum survives only if the entry is the same file as before (see
+    :data:`_UNCHANGED`); rows without one (a crawl's) keep it then, and drop it otherwise.
+    """
+    sha256 = "?" if with_sha256 else "NULL"
+    return (
+        "INSERT INTO entries (path, parent, name, kind, size, mtime_ns, link_target,"
+        " link_kind, ctime_ns, ino, dev, sha256, crawl_id)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {sha256}, {int(crawl_id)})"
+        " ON CONFLICT (path) DO UPDATE SET parent = excluded.parent, name = excluded.name,"
+        " kind = excluded.kind,"
+        f" sha256 = CASE WHEN {_UNCHANGED}"
+        "   THEN coalesce(excluded.sha256, entries.sha256) ELSE excluded.sha256 END,"
+        " size = excluded.size, mtime_ns = excluded.mtime_ns,"
+        " link_target = excluded.link_target, link_kind = excluded.link_kind,"
+        " crawl_id = excluded.crawl_id, ctime_ns = excluded.ctime_ns,"
+        " ino = excluded.ino, dev = excluded.dev"
+    )
+
+
 def roll_up(own: dict[str, int], top: str = "") -> dict[str, int]:
     """Recursive totals per directory from each directory's own (bytes, say): deepest
     first, each added into its parent when the parent is among them, never past ``top``.
@@ -376,28 +399,14 @@ class Manifest:
                 e.mtime_ns,
                 e.link_target,
                 e.link_kind,
-                e.sha256,
-                crawl_id,
                 e.ctime_ns,
                 e.ino,
                 e.dev,
+                e.sha256,
             )
             for e in entries
         ]
-        self.conn.executemany(
-            "INSERT INTO entries (path, parent, name, kind, size, mtime_ns, link_target,"
-            " link_kind, sha256, crawl_id, ctime_ns, ino, dev)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (path) DO UPDATE SET parent = excluded.parent, name = excluded.name,"
-            " kind = excluded.kind,"
-            f" sha256 = CASE WHEN {_UNCHANGED}"
-            "   THEN coalesce(excluded.sha256, entries.sha256) ELSE excluded.sha256 END,"
-            " size = excluded.size, mtime_ns = excluded.mtime_ns,"
-            " link_target = excluded.link_target, link_kind = excluded.link_kind,"
-            " crawl_id = excluded.crawl_id, ctime_ns = excluded.ctime_ns,"
-            " ino = excluded.ino, dev = excluded.dev",
-            rows,
-        )
+        self.conn.executemany(_upsert_entries(crawl_id, with_sha256=True), rows)
         return len(rows)
 
     def put_crawl_errors(self, crawl_id: int, errors: Iterable[tuple[str, str]]) -> int:
@@ -498,6 +507,27 @@ class Manifest:
 
     def count_entries(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT kind, count(*) FROM entries GROUP BY kind"))
+
+    # A directory's nodes in the seed's order, straight from the parent index: the type as
+    # find.json has it (0 directory, 1 uploadable, -1 other or broken; links to directories
+    # and out of the tree are left out), then the name. SQLite compares text in its default
+    # BINARY collation byte by byte, which for UTF-8 is code point order: the order
+    # Python's sort and the original's give. No Entry objects: a million of them cost more
+    # than all the queries.
+    _TYPED_CHILDREN = """
+    SELECT name, type, size FROM (
+        SELECT name, size, CASE
+            WHEN kind = 'dir' THEN 0
+            WHEN kind = 'file' OR link_kind = 'file' THEN 1
+            WHEN kind = 'other' OR link_kind = 'broken' THEN -1
+        END AS type
+        FROM entries WHERE parent = ?
+    ) WHERE type IS NOT NULL ORDER BY type, name
+    """
+
+    def typed_children(self, parent: str) -> list[tuple[str, int, int]]:
+        """(name, type, size) of a directory's nodes as find.json lists them, in its order."""
+        return self.conn.execute(self._TYPED_CHILDREN, (parent,)).fetchall()
 
     def direct_totals(self, under: str) -> dict[str, tuple[int, int]]:
         """directory -> (bytes, files) of the uploadables directly in it, below ``under``."""
@@ -907,19 +937,7 @@ class Manifest:
         millions of rows. A crawl never brings a checksum, so a file's recorded one survives
         only if its size, mtime and identity did not change, as with put_entries.
         """
-        self.conn.executemany(
-            "INSERT INTO entries (path, parent, name, kind, size, mtime_ns, link_target,"
-            " link_kind, ctime_ns, ino, dev, crawl_id)"
-            f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {int(crawl_id)})"
-            " ON CONFLICT (path) DO UPDATE SET parent = excluded.parent, name = excluded.name,"
-            " kind = excluded.kind,"
-            f" sha256 = CASE WHEN {_UNCHANGED} THEN entries.sha256 END,"
-            " size = excluded.size, mtime_ns = excluded.mtime_ns,"
-            " link_target = excluded.link_target, link_kind = excluded.link_kind,"
-            " crawl_id = excluded.crawl_id, ctime_ns = excluded.ctime_ns,"
-            " ino = excluded.ino, dev = excluded.dev",
-            rows,
-        )
+        self.conn.executemany(_upsert_entries(crawl_id, with_sha256=False), rows)
         return len(rows)
 
     def put_dir_sizes(self, sizes: Iterable[tuple[int, str]]) -> None:

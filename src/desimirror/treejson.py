@@ -78,23 +78,6 @@ def node_type(entry: Entry) -> int | None:
     return None
 
 
-#: A directory's nodes in the original's order, straight from the parent index: the type
-#: as :func:`node_type` gives it (in SQL), then the name. SQLite compares text in its
-#: default BINARY collation byte by byte, which for UTF-8 is code point order: the order
-#: Python's sort and the original's give. No Entry objects: a million of them cost more
-#: than all the queries.
-_CHILDREN = """
-SELECT name, type, size FROM (
-    SELECT name, size, CASE
-        WHEN kind = 'dir' THEN 0
-        WHEN kind = 'file' OR link_kind = 'file' THEN 1
-        WHEN kind = 'other' OR link_kind = 'broken' THEN -1
-    END AS type
-    FROM entries WHERE parent = ?
-) WHERE type IS NOT NULL ORDER BY type, name
-"""
-
-
 def write_tree_json(manifest: Manifest, out: TextIO) -> int:
     """Write the manifest's tree to ``out`` in the seed format; returns the nodes written.
 
@@ -108,10 +91,10 @@ def write_tree_json(manifest: Manifest, out: TextIO) -> int:
     name = manifest.root_name
     if root is None or name is None:
         raise UsageError(f"{manifest.path} holds no tree yet: run 'desimirror crawl' first")
-    conn, write, encode = manifest.conn, out.write, encode_basestring_ascii
+    write, encode = out.write, encode_basestring_ascii
     write(f"[{encode(name)},{DIRECTORY},{root.size}")
     nodes = 1
-    stack = [("", iter(conn.execute(_CHILDREN, ("",)).fetchall()))]
+    stack = [("", iter(manifest.typed_children("")))]
     while stack:
         parent, children = stack[-1]
         child = next(children, None)
@@ -124,7 +107,7 @@ def write_tree_json(manifest: Manifest, out: TextIO) -> int:
         if typ == DIRECTORY:
             write(f",[{encode(child_name)},0,{size}")
             path = f"{parent}/{child_name}" if parent else child_name
-            stack.append((path, iter(conn.execute(_CHILDREN, (path,)).fetchall())))
+            stack.append((path, iter(manifest.typed_children(path))))
         else:
             write(f",[{encode(child_name)},{typ},{size}]")
     write("\n")
