@@ -2,10 +2,16 @@
 
 Errors the user can cause arrive as :class:`~desimirror.errors.DesimirrorError` and are
 printed as one line with the error class's exit status; nothing prints a traceback.
+Failures of the state db itself (a full disk) arrive as :mod:`sqlite3` errors and are
+printed the same way. SIGTERM (a batch system ending a job, ``kill``) takes the path
+Ctrl-C takes: ``finally`` blocks run, what was confirmed is committed, and the line says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sqlite3
 import sys
 
 import click
@@ -24,7 +30,7 @@ from desimirror.cli import (
     upload,
     verify,
 )
-from desimirror.errors import DesimirrorError, redact
+from desimirror.errors import DesimirrorError, StateError, redact, sqlite_failure
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,16 +47,41 @@ for module in (synth, crawl, plan, upload, verify, status, manifest, demo, mount
 cli.add_command(mount.unmount_command)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, as Ctrl-C's KeyboardInterrupt would be."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    # Once: a second SIGTERM during the clean-up must not cut the final commit short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def _interrupted(exc: BaseException) -> None:
+    """Say what an interrupt left behind, and exit 130 (SIGINT) or 143 (SIGTERM)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, KeyboardInterrupt):
+        cause = cause.__cause__ or cause.__context__
+    terminated = isinstance(cause, Terminated)
+    click.echo(
+        f"desimirror: interrupted ({'SIGTERM' if terminated else 'SIGINT'}): what was "
+        "confirmed is saved in the state db; run the same command to resume",
+        err=True,
+    )
+    sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning our errors into one line and an exit code."""
+    with contextlib.suppress(ValueError):  # not the main thread (embedded): leave it be
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=argv, prog_name="desimirror", standalone_mode=False)
     except DesimirrorError as exc:
         click.echo(f"desimirror: error: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("desimirror: interrupted", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        _interrupted(exc)
     except click.UsageError as exc:  # click's own three-line form, as one line
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         click.echo(f"desimirror: error: {redact(exc.format_message())}{where}", err=True)
@@ -58,11 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"desimirror: error: {redact(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo(
-            "desimirror: interrupted; state is saved, run the same command to resume", err=True
-        )
-        sys.exit(130)
+    except sqlite3.Error as exc:  # the state db itself failed: a full disk, an I/O error
+        failure = sqlite_failure(exc) or StateError(f"the state db failed: {exc}")
+        click.echo(f"desimirror: error: {redact(str(failure))}", err=True)
+        sys.exit(failure.exit_code)
     except BrokenPipeError:
         sys.exit(1)
     sys.exit(0)

@@ -26,7 +26,7 @@ def checksums(db: str, json_output: bool) -> None:
     Only listings that are new or changed since they were last read are read. Reports how
     many files have a published SHA-256, and any listing that could not be used.
     """
-    with Manifest.open(db) as manifest:
+    with Manifest.open(db, writer="manifest checksums") as manifest:
         root = manifest.root
         if root is None:
             raise UsageError(f"{db} was imported without --root: there are no files to read")
@@ -70,7 +70,7 @@ def publish_command(
     from desimirror.publish import publish
 
     target, _ = make_target(bucket, endpoint_url, no_sign_request)
-    with Manifest.open(db) as manifest:
+    with Manifest.open(db, writer="manifest publish") as manifest:
         pinned_bucket, keymap = pinned_keymap(manifest)
         if pinned_bucket != target.bucket:
             raise UsageError(f"{db} mirrors to s3://{pinned_bucket}, not s3://{target.bucket}")

@@ -8,6 +8,7 @@ from desimirror.cli.common import db_option, finish, json_option
 from desimirror.manifest import Manifest
 from desimirror.status import mirror_status
 from desimirror.units import format_size
+from desimirror.writelock import reader_warning
 
 
 @click.command("status")
@@ -15,7 +16,10 @@ from desimirror.units import format_size
 @json_option
 def command(db: str, json_output: bool) -> None:
     """Files and bytes done, pending and failed (with the last error), batches, throughput
-    so far, and an ETA at that rate."""
+    so far, and an ETA at that rate. Never takes the write lock, never waits for it."""
+    warning = reader_warning(db)  # a writer on another host: WAL is not shared across hosts
+    if warning:
+        click.echo(f"desimirror: warning: {warning}", err=True)
     with Manifest.open(db) as manifest:
         report = mirror_status(manifest)
     finish(report, json_output, _lines(report))

@@ -112,9 +112,10 @@ def command(
         delete=delete,
         part_size=part_size,
     )
-    with Manifest.open(db) as manifest:
+    with Manifest.open(db, writer="upload") as manifest:
         try:
             summary = upload(manifest, options, progress=for_terminal(json_output))
+            manifest.check_in_place()  # a db deleted under the last commits: say so
         except DesimirrorError as exc:
             if json_output and exc.report:
                 finish(exc.report, True, [])

@@ -80,7 +80,7 @@ def command(
     if (sample < 1.0 or reread) and not checksum:
         raise UsageError("--sample and --reread go with --checksum")
     target, _ = make_target(bucket, endpoint_url, no_sign_request)
-    with Manifest.open(db) as manifest:
+    with Manifest.open(db, writer="verify") as manifest:
         pinned_bucket, keymap = pinned_keymap(manifest)
         if pinned_bucket != target.bucket:
             raise UsageError(f"{db} mirrors to s3://{pinned_bucket}, not s3://{target.bucket}")
