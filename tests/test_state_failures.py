@@ -11,13 +11,18 @@ import contextlib
 import errno
 import os
 import signal
+import sqlite3
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from desimirror.errors import StateError, sqlite_failure
+from desimirror.manifest import Manifest, UploadRecord
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 from integrity_helpers import count_files, make_release, prepare, random_files, rows, upload
 
@@ -94,6 +99,23 @@ def test_a_full_filesystem_under_the_db_stops_the_upload_with_one_line_and_loses
         assert again.returncode == 0, again.stderr
         assert report["pending_files"] == 0
         assert len(rows(db, "SELECT path FROM uploads")) == count_files(root)
+
+
+def test_sqlite_full_is_one_state_error_saying_what_was_kept(tmp_path: Path) -> None:
+    """SQLITE_FULL for real, without root: the db may not grow past its pages."""
+    db = tmp_path / "m.db"
+    with Manifest.open(db, create=True) as manifest:
+        pages = manifest.conn.execute("PRAGMA page_count").fetchone()[0]
+        manifest.conn.execute(f"PRAGMA max_page_count = {pages}")
+        records = [UploadRecord(f"p/{i}", f"k/{i}", i, i, "e" * 32) for i in range(5000)]
+        with pytest.raises(sqlite3.OperationalError) as caught, manifest.atomic():
+            manifest.record_mirrored(records)
+    failure = sqlite_failure(caught.value, db)
+    assert isinstance(failure, StateError)
+    assert failure.exit_code == 3
+    assert f"{db} is full" in str(failure)
+    assert "kept" in str(failure)
+    assert "\n" not in str(failure)
 
 
 @pytest.mark.s3
@@ -187,6 +209,37 @@ def test_sigterm_stops_an_upload_cleanly_and_the_same_command_resumes(
     assert len(rows(db, "SELECT path FROM uploads")) == count_files(root)
     resent = [k for k in recorded.values() if fault_proxy.puts[k] != puts_before.get(k, 0)]
     assert resent == []  # what was confirmed before the SIGTERM was not sent again
+
+
+SIGTERM_IN_AT_FORK_HOOK = textwrap.dedent(
+    """
+    import os, signal, subprocess, time
+    from desimirror import cli
+
+    @cli.cli.command("spawn")
+    def spawn():
+        # SIGTERM lands while an at-fork hook runs (as when s5cmd starts), where Python
+        # drops the exception a signal handler raises
+        kill = lambda: os.kill(os.getpid(), signal.SIGTERM)
+        os.register_at_fork(after_in_parent=kill)
+        subprocess.run(["true"], preexec_fn=lambda: None, check=True)
+        for _ in range(500):  # the work goes on, as an upload's would
+            time.sleep(0.01)
+        print("not stopped")
+
+    cli.main(["spawn"])
+    """
+)
+
+
+def test_a_sigterm_that_lands_in_an_at_fork_hook_still_stops_the_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN_AT_FORK_HOOK], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stdout + proc.stderr
+    assert "not stopped" not in proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("desimirror: interrupted (SIGTERM)")
 
 
 def test_a_batch_size_of_zero_or_less_is_refused(tmp_path: Path) -> None:

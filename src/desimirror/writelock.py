@@ -67,13 +67,15 @@ class Holder:
 
     @property
     def elsewhere(self) -> bool:
-        """True when the holder runs on another host than this process."""
-        return self.host != this_host()
+        """True when the holder runs on another host than this process (as far as known)."""
+        return bool(self.host) and self.host != this_host()
 
     def describe(self) -> str:
         """``upload (pid 1234 on host nid00012, since 2026-12-01 23:40:01 UTC)``."""
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
         what = self.command or "a desimirror command"
+        if not self.since:  # the lock file said nothing yet: what the kernel knows
+            return f"{what} (pid {self.pid})"
         return f"{what} (pid {self.pid} on host {self.host}, since {since})"
 
 
@@ -256,9 +258,12 @@ def _refusal(db: str | os.PathLike[str], holder: Holder | None) -> str:
 
 def _cannot_create(db: str | os.PathLike[str], path: Path, exc: OSError) -> StateError:
     if exc.errno in (errno.EACCES, errno.EPERM) and path.exists():
+        holder = _probe(path)
+        if holder is not None:  # another user's run holds it
+            return LockedError(_refusal(db, holder))
         return StateError(
-            f"cannot write the lock file {path} ({exc.strerror}): everyone who writes this "
-            "mirror's db must be able to write it too (e.g. chmod g+w)"
+            f"cannot write the lock file {path} ({exc.strerror}): a run of another user "
+            "left it behind when it stopped, and nothing holds it now; remove it"
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StateError(not_writable_message(db))
@@ -298,16 +303,21 @@ def current_holder(db: str | os.PathLike[str]) -> Holder | None:
         held = _registry.get(identity)
         if held is not None:  # we hold it: opening and closing the file would drop it
             return held.holder
-        if _FLOCK is None or struct.calcsize("P") != 8:
-            return None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            return _holder_if_locked(fd)
-        finally:
-            os.close(fd)
+        return _probe(path)
+
+
+def _probe(path: Path) -> Holder | None:
+    """:func:`current_holder` for a lock file this process does not hold."""
+    if _FLOCK is None or struct.calcsize("P") != 8:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _holder_if_locked(fd)
+    finally:
+        os.close(fd)  # we hold nothing on this file, so closing drops nobody's lock
 
 
 def _holder_if_locked(fd: int) -> Holder | None:
@@ -324,7 +334,7 @@ def _holder_if_locked(fd: int) -> Holder | None:
     lock_type, pid = (fields[3], fields[2]) if sys.platform == "darwin" else (fields[0], fields[4])
     if lock_type == fcntl.F_UNLCK:
         return None
-    return _read_holder(fd, wait=True) or Holder(pid, "?", 0.0, "")
+    return _read_holder(fd, wait=True) or Holder(pid, "", 0.0, "")
 
 
 def reader_warning(db: str | os.PathLike[str]) -> str | None:

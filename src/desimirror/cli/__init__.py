@@ -10,9 +10,11 @@ Ctrl-C takes: ``finally`` blocks run, what was confirmed is committed, and the l
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sqlite3
 import sys
+import threading
 
 import click
 
@@ -57,6 +59,35 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise Terminated()
 
 
+def _raise_dropped_sigterm_again(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python drops an exception raised in some callbacks, such as the at-fork hooks that
+    run when a subprocess starts: a SIGTERM that landed there is delivered once more."""
+    if isinstance(unraisable.exc_value, Terminated):
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        # from another thread, a moment later: raised here, it would be dropped again
+        again = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM))
+        again.daemon = True
+        again.start()
+        return
+    _UNRAISABLE_HOOK(unraisable)
+
+
+_UNRAISABLE_HOOK = sys.unraisablehook
+
+
+def _default_sigterm_in_child() -> None:
+    """Forked children (the crawl's writer, process-pool workers) die on SIGTERM as usual:
+    they are stopped by their parent, which has its own clean-up."""
+    with contextlib.suppress(ValueError):
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 def _interrupted(exc: BaseException) -> None:
     """Say what an interrupt left behind, and exit 130 (SIGINT) or 143 (SIGTERM)."""
     cause: BaseException | None = exc
@@ -75,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning our errors into one line and an exit code."""
     with contextlib.suppress(ValueError):  # not the main thread (embedded): leave it be
         signal.signal(signal.SIGTERM, _on_sigterm)
+        sys.unraisablehook = _raise_dropped_sigterm_again
     try:
         cli.main(args=argv, prog_name="desimirror", standalone_mode=False)
     except DesimirrorError as exc:
