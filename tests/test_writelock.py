@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from desimirror import writelock
+from desimirror.errors import StateError
 from desimirror.manifest import Manifest
 from helpers import assert_clean_error, run_cli
 from integrity_helpers import rows
@@ -174,3 +175,16 @@ def test_the_lock_file_of_a_db_inside_the_tree_is_not_crawled(tmp_path: Path) ->
     run_cli("crawl", str(tree), "--db", str(db), check=True)  # its lock file is in the tree
     run_cli("crawl", str(tree), "--db", str(db), check=True)
     assert rows(db, "SELECT path FROM entries ORDER BY path") == [("",), ("a.fits",)]
+
+
+def test_a_writer_whose_lock_file_is_removed_stops_at_its_next_check(
+    mirror: tuple[Path, Path],
+) -> None:
+    """Deleting a running writer's lock file lets a second writer in: the first stops."""
+    _, db = mirror
+    with Manifest.open(db, writer="upload") as manifest:
+        manifest.check_in_place()
+        writelock.lock_path(db).unlink()
+        assert run_cli("plan", "--db", str(db)).returncode == 0  # the second writer got in
+        with pytest.raises(StateError, match=r"lock file .* was removed"):
+            manifest.check_in_place()
