@@ -374,7 +374,8 @@ def test_ctrl_c_draws_the_bar_once_and_says_what_was_saved(
     text = " ".join(text.replace("\r", "").split())
     assert text.count("desimirror: interrupted") == 1, text
     message = text[text.index("desimirror: interrupted") :]
-    assert re.match(r"desimirror: interrupted: [\d,]+ files of 400 \(.*\) confirmed", message)
+    expected = r"desimirror: interrupted \(SIGINT\): [\d,]+ files of 400 \(.*\) confirmed"
+    assert re.match(expected, message)
     assert "are saved in the state db" in message
     assert f"run 'desimirror upload --db {db} --bucket s3://{bucket}" in message
     assert "to resume" in message

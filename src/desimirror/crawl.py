@@ -274,7 +274,7 @@ def _excluded(real_root: str, db: str | os.PathLike[str] | None) -> frozenset[st
     if not real_db.startswith(real_root + os.sep):
         return frozenset()
     rel = os.path.relpath(real_db, real_root).replace(os.sep, "/")
-    return frozenset(rel + suffix for suffix in ("", "-wal", "-shm", "-journal"))
+    return frozenset(rel + suffix for suffix in ("", "-wal", "-shm", "-journal", ".lock"))
 
 
 def _is_utf8(name: str) -> bool:

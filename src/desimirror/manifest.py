@@ -15,6 +15,7 @@ index answers without recursion.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from desimirror import schema
-from desimirror.errors import StateError, UsageError
+from desimirror import schema, writelock
+from desimirror.errors import StateError, UsageError, sqlite_failure
 
 APP_ID = "desimirror"
 #: The ``schema_version`` meta value, which desimirrors older than the numbered migrations
@@ -178,8 +179,13 @@ class Manifest:
     # -- opening ---------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = False) -> Manifest:
+    def open(cls, path: str | Path, *, create: bool = False, writer: str | None = None) -> Manifest:
         """Open a state db; with ``create``, make a new one if the file is absent or empty.
+
+        ``writer`` names the command that is going to write (``"upload"``): it takes the
+        mirror's write lock first (:mod:`desimirror.writelock`), so that a second writer
+        is refused at once, naming this one; :meth:`close` gives it up. Readers pass
+        nothing: they never take the lock and never wait for it.
 
         A file that is not SQLite, or SQLite that is not ours, raises :class:`StateError`
         and is left untouched.
@@ -190,21 +196,29 @@ class Manifest:
             raise StateError(f"no state db at {path}: run 'desimirror crawl' first")
         if fresh and not path.parent.is_dir():
             raise StateError(f"cannot create state db {path}: {path.parent} is not a directory")
+        lock = writelock.acquire(path, writer) if writer is not None else None
         try:
-            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open state db {path}: {exc}") from None
-        manifest = cls(conn, path)
-        try:
-            manifest._check_or_init(fresh)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StateError(
-                f"{path} is not a usable desimirror state db ({exc}); refusing to touch it"
-            ) from None
-        except StateError:
-            conn.close()
+            try:
+                conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise cls._open_failure(path, exc, f"cannot open state db {path}") from None
+            manifest = cls(conn, path)
+            try:
+                manifest._check_or_init(fresh)
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                raise cls._open_failure(
+                    path, exc, f"{path} is not a usable desimirror state db ({exc})"
+                ) from None
+            except StateError:
+                conn.close()
+                raise
+        except BaseException:
+            if lock is not None:
+                lock.release()
             raise
+        manifest.lock = lock
+        manifest._identity = _file_identity(path)
         return manifest
 
     def _check_or_init(self, fresh: bool) -> None:
@@ -258,6 +272,9 @@ class Manifest:
 
     def close(self) -> None:
         self.conn.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def __enter__(self) -> Manifest:
         return self
@@ -945,6 +962,52 @@ class Manifest:
         that saw the whole tree and summed it itself (:func:`roll_up`), without a pass
         over the table."""
         self.conn.executemany("UPDATE entries SET size = ? WHERE path = ?", sizes)
+
+    # -- the db file itself: the write lock, and a file deleted or replaced under us -------
+
+    #: The write lock, when opened with ``writer`` (see :meth:`open`).
+    lock: writelock.WriteLock | None = None
+    #: (st_dev, st_ino) of the db file as opened: see :meth:`check_in_place`.
+    _identity: tuple[int, int] | None = None
+
+    def check_in_place(self) -> None:
+        """Raise :class:`StateError` if the file at :attr:`path` is no longer the one opened.
+
+        SQLite keeps writing to a deleted db (the open file lives on, nameless), so a db
+        removed or replaced during a run would take everything the run records with it,
+        unnoticed: a writer calls this before each commit, and stops. Cheap: one stat.
+        """
+        if self._identity is None:
+            return
+        now = _file_identity(self.path)
+        if now != self._identity:
+            what = "deleted" if now is None else "replaced by another file"
+            raise StateError(
+                f"the state db {self.path} was {what} while this run wrote it, and what the "
+                "run recorded went with the old file: stopped. Objects already sent are in "
+                "the bucket; crawl, plan and upload again (into a new db if need be) adopt them"
+            )
+        if self.lock is not None:
+            self.lock.check_in_place()
+
+    @staticmethod
+    def _open_failure(path: Path, exc: sqlite3.Error, default: str) -> StateError:
+        """The one line for a db that SQLite cannot open: a directory we cannot write (WAL
+        needs ``-shm`` beside the db even to read), a full disk, or ``default``."""
+        if not os.access(path.parent, os.W_OK):
+            return StateError(writelock.not_writable_message(path))
+        return sqlite_failure(exc, path) or StateError(f"{default}; refusing to touch it")
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a file, None if it is gone (or for ``:memory:``)."""
+    if str(path) == ":memory:":
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _record_crawl_counts(conn: sqlite3.Connection, crawl_id: int) -> None:

@@ -117,18 +117,19 @@ def resume_hint() -> str:
     return "run the same command to resume"
 
 
-def interrupted_message() -> str:
+def interrupted_message(by: str | None = None) -> str:
     """The one line printed when a command is interrupted (Ctrl-C, or a termination
-    signal turned into one): what was saved, and how to go on."""
+    signal turned into one, named in ``by``): what was saved, and how to go on."""
     hint = resume_hint()
+    how = f"interrupted ({by})" if by else "interrupted"
     if _tally.label == "upload":
         of = f" of {_tally.total_files:,}" if _tally.total_files is not None else ""
         files = plural(_tally.files, "file")
         return (
-            f"desimirror: interrupted: {files}{of} ({format_size(_tally.nbytes)}) confirmed "
+            f"desimirror: {how}: {files}{of} ({format_size(_tally.nbytes)}) confirmed "
             f"in this run are saved in the state db; {hint}"
         )
-    return f"desimirror: interrupted; what was committed is saved in the state db; {hint}"
+    return f"desimirror: {how}: what was confirmed is saved in the state db; {hint}"
 
 
 def _interrupted() -> bool:

@@ -254,11 +254,16 @@ class _Recorder:
         if not (self.done or self.failed):
             return
         sent = [r for r in self.done if not r.adopted]
-        with self.manifest.atomic():
-            self.manifest.record_mirrored(self.done)
-            for path, reason, message in self.failed:
-                self.manifest.record_failure(path, reason, message)
-            self.manifest.tick_upload_run(self.run_id, len(sent), sum(r.size for r in sent))
+        try:
+            self.manifest.check_in_place()  # a db deleted or replaced: stop, do not go on
+            with self.manifest.atomic():
+                self.manifest.record_mirrored(self.done)
+                for path, reason, message in self.failed:
+                    self.manifest.record_failure(path, reason, message)
+                self.manifest.tick_upload_run(self.run_id, len(sent), sum(r.size for r in sent))
+        except Exception:  # cannot be recorded (db gone, disk full): the next run adopts them
+            self.done, self.failed = [], []
+            raise
         self.done, self.failed = [], []
         self.last_commit = time.monotonic()
 

@@ -2,11 +2,19 @@
 
 Errors the user can cause arrive as :class:`~desimirror.errors.DesimirrorError` and are
 printed as one line with the error class's exit status; nothing prints a traceback.
+Failures of the state db itself (a full disk) arrive as :mod:`sqlite3` errors and are
+printed the same way. SIGTERM (a batch system ending a job, ``kill``) takes the path
+Ctrl-C takes: ``finally`` blocks run, what was confirmed is committed, and the line says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sqlite3
 import sys
+import threading
 
 import click
 
@@ -24,7 +32,7 @@ from desimirror.cli import (
     upload,
     verify,
 )
-from desimirror.errors import DesimirrorError, redact
+from desimirror.errors import DesimirrorError, StateError, redact, sqlite_failure
 from desimirror.progress import interrupted_message
 
 
@@ -42,16 +50,67 @@ for module in (synth, crawl, plan, upload, verify, status, manifest, demo, mount
 cli.add_command(mount.unmount_command)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, as Ctrl-C's KeyboardInterrupt would be."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    # Once: a second SIGTERM during the clean-up must not cut the final commit short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def _raise_dropped_sigterm_again(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python drops an exception raised in some callbacks, such as the at-fork hooks that
+    run when a subprocess starts: a SIGTERM that landed there is delivered once more."""
+    if isinstance(unraisable.exc_value, Terminated):
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        # from another thread, a moment later: raised here, it would be dropped again
+        again = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM))
+        again.daemon = True
+        again.start()
+        return
+    _UNRAISABLE_HOOK(unraisable)
+
+
+_UNRAISABLE_HOOK = sys.unraisablehook
+
+
+def _default_sigterm_in_child() -> None:
+    """Forked children (the crawl's writer, process-pool workers) die on SIGTERM as usual:
+    they are stopped by their parent, which has its own clean-up."""
+    with contextlib.suppress(ValueError):
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
+def _interrupted(exc: BaseException) -> None:
+    """Say what an interrupt left behind, and exit 130 (SIGINT) or 143 (SIGTERM)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, KeyboardInterrupt):
+        cause = cause.__cause__ or cause.__context__
+    terminated = isinstance(cause, Terminated)
+    click.echo(interrupted_message("SIGTERM" if terminated else "SIGINT"), err=True)
+    sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the group, turning our errors into one line and an exit code."""
+    with contextlib.suppress(ValueError):  # not the main thread (embedded): leave it be
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        sys.unraisablehook = _raise_dropped_sigterm_again
     try:
         cli.main(args=argv, prog_name="desimirror", standalone_mode=False)
     except DesimirrorError as exc:
         click.echo(f"desimirror: error: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:  # click's form of a KeyboardInterrupt
-        click.echo(interrupted_message(), err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        _interrupted(exc)
     except click.UsageError as exc:  # click's own three-line form, as one line
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         click.echo(f"desimirror: error: {redact(exc.format_message())}{where}", err=True)
@@ -59,9 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"desimirror: error: {redact(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo(interrupted_message(), err=True)
-        sys.exit(130)
+    except sqlite3.Error as exc:  # the state db itself failed: a full disk, an I/O error
+        failure = sqlite_failure(exc) or StateError(f"the state db failed: {exc}")
+        click.echo(f"desimirror: error: {redact(str(failure))}", err=True)
+        sys.exit(failure.exit_code)
     except BrokenPipeError:
         sys.exit(1)
     sys.exit(0)

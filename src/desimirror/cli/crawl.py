@@ -143,7 +143,7 @@ def _crawl(
     tree = resolve_root(root, db)  # before the db exists: a typo must not leave a db behind
     with crawl_placement(processes, scheduler) as placement:
         budget = {"task_seconds": placement.task_seconds} if placement.task_seconds else {}
-        with Manifest.open(db, create=True) as manifest:
+        with Manifest.open(db, create=True, writer="crawl") as manifest:
             summary = crawl(
                 tree,
                 manifest,
@@ -161,7 +161,7 @@ def _import(source: str, tree_root: str | None, db: str, quiet: bool) -> CrawlSu
     root = None
     if tree_root is not None:
         root = resolve_root(tree_root).path
-    with Manifest.open(db, create=True) as manifest:
+    with Manifest.open(db, create=True, writer="crawl --from-json") as manifest:
         return import_tree_json(source, manifest, root=root, progress=for_terminal(quiet))
 
 

@@ -25,7 +25,7 @@ def checksums(db: str, json_output: bool) -> None:
     Only listings that are new or changed since they were last read are read. Reports how
     many files have a published SHA-256, and any listing that could not be used.
     """
-    with Manifest.open(db) as manifest:
+    with Manifest.open(db, writer="manifest checksums") as manifest:
         root = manifest.root
         if root is None:
             raise UsageError(f"{db} was imported without --root: there are no files to read")
@@ -68,7 +68,7 @@ def publish_command(
     """
     from desimirror.publish import publish
 
-    with Manifest.open(db) as manifest:
+    with Manifest.open(db, writer="manifest publish") as manifest:
         target, keymap = pinned_target(manifest, bucket, endpoint_url, no_sign_request)
         try:
             report = publish(manifest, target, keymap, allow_incomplete=allow_incomplete)

@@ -87,10 +87,15 @@ def command(
     Replacing a plan loses no upload progress (that is kept per file).
     """
     batch_json = deprecated_json_file(json_out, _REPORT, batch_json, "--batch-json")
+    sizes = (("--max-batch-size", max_batch_size), ("--min-batch-size", min_batch_size))
+    for option, size in sizes:
+        if size is not None and size < 1:
+            # 0 would make one batch per file: a plan nobody wants, so refuse it
+            raise UsageError(f"{option} must be at least 1 byte, e.g. 1TB (got {size})")
     if min_batch_size is None:
         min_batch_size = min(DEFAULT_MIN_BATCH_SIZE, max_batch_size)
     limits = Limits(max_batch_size, min_batch_size, max_files)
-    with Manifest.open(db) as manifest:
+    with Manifest.open(db, writer="plan") as manifest:
         warning = manifest.partial_tree_warning()
         if warning and not partial:
             raise UsageError(

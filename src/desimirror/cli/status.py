@@ -10,6 +10,7 @@ from desimirror.progress import Throughput, describe_rate
 from desimirror.status import mirror_status
 from desimirror.text import plural, shown
 from desimirror.units import format_size
+from desimirror.writelock import reader_warning
 
 
 @click.command("status")
@@ -17,7 +18,11 @@ from desimirror.units import format_size
 @json_option
 def command(db: str, json_output: bool) -> None:
     """Files and bytes done, pending and failed (with the last error), batches, the latest
-    upload run's rate, and an ETA at that rate (computed as the upload's bar does)."""
+    upload run's rate, and an ETA at that rate (computed as the upload's bar does). Never
+    takes the write lock, never waits for it."""
+    warning = reader_warning(db)  # a writer on another host: WAL is not shared across hosts
+    if warning:
+        click.echo(f"desimirror: warning: {warning}", err=True)
     with Manifest.open(db) as manifest:
         report = mirror_status(manifest)
     finish(report, json_output, _lines(report))

@@ -126,7 +126,7 @@ def command(
     """
     if part_size < 5 * MiB or part_size % MiB:
         raise UsageError("--part-size must be a whole number of MiB, at least 5 MiB")
-    with Manifest.open(db) as manifest:
+    with Manifest.open(db, writer="upload") as manifest:
         dest = resolve_target(
             manifest, bucket, endpoint_url, no_sign_request, prefix=prefix, remap=remap
         )
@@ -146,6 +146,7 @@ def command(
         set_resume_command(_resume_argv(db, options, pinned=dest.pinned))
         try:
             summary = upload(manifest, options, progress=for_terminal(json_output))
+            manifest.check_in_place()  # a db deleted under the last commits: say so
         except DesimirrorError as exc:
             if json_output and exc.report:
                 finish(exc.report, True, [])

@@ -82,7 +82,7 @@ def command(
     """
     if (sample < 1.0 or reread) and not checksum:
         raise UsageError("--sample and --reread go with --checksum")
-    with Manifest.open(db) as manifest:
+    with Manifest.open(db, writer="verify") as manifest:
         target, keymap = pinned_target(manifest, bucket, endpoint_url, no_sign_request)
         selection = manifest.get_meta("plan_subdir") or "" if subdir is None else subdir.strip("/")
         try:
