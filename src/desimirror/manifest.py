@@ -868,6 +868,25 @@ class Manifest:
             _record_crawl_counts(conn, crawl_id)
         return dropped
 
+    def record_store_note(self, name: str, note: dict) -> None:
+        """Keep a small JSON note on how the object store behaved (``health``: its recent
+        errors; ``validation``: whether it checked the checksums sent), for ``status`` and
+        ``verify`` to read. Joins the caller's transaction if one is open."""
+        import json
+
+        value = json.dumps(note, sort_keys=True)
+        if self.conn.in_transaction:
+            self._set_meta_raw(f"store_{name}", value)
+        else:
+            self.set_meta(f"store_{name}", value)
+
+    def store_note(self, name: str) -> dict | None:
+        """The note :meth:`record_store_note` kept under ``name``, or None."""
+        import json
+
+        value = self.get_meta(f"store_{name}")
+        return json.loads(value) if value else None
+
 
 def _record_crawl_counts(conn: sqlite3.Connection, crawl_id: int) -> None:
     """Mark a crawl finished with the manifest's entry count and the crawl's error count."""

@@ -1,7 +1,9 @@
 """Progress reporting, passed down into the library as an object: only the CLI draws.
 
 On a terminal a rich bar shows files, bytes, rate and ETA; when stderr is piped, a plain
-line every few seconds; with ``--json``, nothing until the final report.
+line every few seconds; with ``--json``, nothing until the final report. While the object
+store fails, a second line says what it answers (:meth:`Progress.store`), so a store that
+refuses everything is not mistaken for a slow upload.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ class Progress(Protocol):
 
     def advance(self, files: int = 0, nbytes: int = 0) -> None: ...
 
+    def store(self, text: str | None) -> None:
+        """What the store answers while it fails (see :mod:`desimirror.storehealth`);
+        None once it works again."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -30,6 +37,9 @@ class NullProgress:
         pass
 
     def advance(self, files: int = 0, nbytes: int = 0) -> None:
+        pass
+
+    def store(self, text: str | None) -> None:
         pass
 
     def close(self) -> None:
@@ -47,6 +57,8 @@ class LineProgress:
         self.total_files: int | None = None
         self.total_bytes: int | None = None
         self.t0 = self.last = time.monotonic()
+        self.store_text: str | None = None
+        self.store_last = float("-inf")
 
     def start(self, label: str, files: int | None = None, nbytes: int | None = None) -> None:
         self.label, self.total_files, self.total_bytes = label, files, nbytes
@@ -77,6 +89,16 @@ class LineProgress:
             parts.append(f"ETA {eta:,.0f}s")
         print(", ".join(parts), file=self.stream, flush=True)
 
+    def store(self, text: str | None) -> None:
+        """Print the store's trouble at once when it starts, then at most every interval:
+        while every request fails, no file advances the regular line."""
+        first = text is not None and self.store_text is None
+        self.store_text = text
+        now = time.monotonic()
+        if text is not None and (first or now - self.store_last >= self.interval):
+            self.store_last = now
+            print(f"{self.label}: {text}", file=self.stream, flush=True)
+
     def close(self) -> None:
         self._emit(time.monotonic())
 
@@ -101,6 +123,7 @@ class RichProgress:
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[store]}", style="red"),
             transient=False,
         )
         self._task = None
@@ -110,7 +133,7 @@ class RichProgress:
     def start(self, label: str, files: int | None = None, nbytes: int | None = None) -> None:
         self._bar.start()
         self._files, self._total_files = 0, files
-        self._task = self._bar.add_task(label, total=nbytes, files=self._files_text())
+        self._task = self._bar.add_task(label, total=nbytes, files=self._files_text(), store="")
 
     def _files_text(self) -> str:
         if self._total_files is None:
@@ -120,6 +143,10 @@ class RichProgress:
     def advance(self, files: int = 0, nbytes: int = 0) -> None:
         self._files += files
         self._bar.update(self._task, advance=nbytes, files=self._files_text())
+
+    def store(self, text: str | None) -> None:
+        if self._task is not None:
+            self._bar.update(self._task, store=text or "")
 
     def close(self) -> None:
         self._bar.stop()

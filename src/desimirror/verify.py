@@ -27,6 +27,7 @@ from desimirror.errors import IncompleteError, redact
 from desimirror.keys import KeyMap
 from desimirror.manifest import Manifest
 from desimirror.progress import NullProgress, Progress
+from desimirror.storehealth import validation_text
 from desimirror.transfer import S3Target
 
 Problem = Literal["missing", "differ", "unexpected"]
@@ -65,6 +66,8 @@ class VerifyReport:
     unproven: int = 0
     proven_by: dict[str, int] = field(default_factory=dict)
     bytes_reread: int = 0
+    #: Set when the store validated no checksums at upload: what proved the content instead.
+    store_validation: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -273,6 +276,8 @@ def verify(
         content=checker,
         sample=sample,
     )
+    note = manifest.store_note("validation")
+    report.store_validation = validation_text(note) if note else None
     if not report.complete or (strict and report.unexpected):
         raise IncompleteError(_summary_line(report), report=report.as_dict())
     return report

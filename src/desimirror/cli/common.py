@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from typing import Any
 
@@ -39,24 +38,38 @@ class SizeType(click.ParamType):
 SIZE = SizeType()
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class DurationType(click.ParamType):
+    """A duration option: ``300``, ``300s``, ``5m`` or ``1h`` (seconds, more than zero)."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        scale = _DURATION_UNITS.get(text[-1:])
+        number = text[:-1] if scale else text
+        try:
+            seconds = float(number) * (scale or 1.0)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds == float("inf"):
+            self.fail(f"{value!r} is not a duration such as 300s, 5m or 1h", param, ctx)
+        return seconds
+
+
+DURATION = DurationType()
+
+
 def emit_json(report: dict[str, Any]) -> None:
     """Write a report as one JSON document on stdout."""
     json.dump(report, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
-
-
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-
-
-def parse_bucket(url: str) -> tuple[str, str | None]:
-    """``s3://NAME[/PREFIX]`` (or a bare NAME) → (NAME, PREFIX or None)."""
-    rest = url[5:] if url.startswith("s3://") else url
-    name, _, prefix = rest.partition("/")
-    if not _BUCKET.match(name):
-        raise UsageError(
-            f"invalid bucket {url!r}: expected s3://NAME with a 3-63 character bucket name"
-        )
-    return name, prefix.strip("/") or None
 
 
 def target_options(func):
@@ -73,12 +86,19 @@ def target_options(func):
 
 
 def make_target(bucket: str, endpoint_url: str | None, no_sign_request: bool) -> tuple:
-    """Build the S3Target for the options; returns (target, prefix given in the URL)."""
+    """Build the S3Target for the options; returns (target, prefix given in the URL or None).
+
+    The bucket URL and the endpoint (given, or from the environment) are checked here,
+    before any command opens its db, so a malformed one is a single line and exit 2.
+    """
+    from desimirror.s3client import endpoint_url as resolved_endpoint
+    from desimirror.s3client import parse_bucket_url
     from desimirror.transfer import S3Target
 
-    name, url_prefix = parse_bucket(bucket)
+    name, url_prefix = parse_bucket_url(bucket)
     target = S3Target(bucket=name, endpoint_url=endpoint_url, no_sign_request=no_sign_request)
-    return target, url_prefix
+    resolved_endpoint(target)  # raises UsageError for a malformed one
+    return target, url_prefix or None
 
 
 def finish(report: dict[str, Any], json_output: bool, lines: list[str]) -> None:

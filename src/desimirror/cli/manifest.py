@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from desimirror.cli.common import db_option, finish, json_option, make_target, target_options
-from desimirror.errors import DesimirrorError, UsageError
+from desimirror.errors import DesimirrorError, StateError, UsageError
 from desimirror.manifest import Manifest
 from desimirror.published import sync_published
 from desimirror.units import format_size
@@ -73,7 +73,10 @@ def publish_command(
     with Manifest.open(db) as manifest:
         pinned_bucket, keymap = pinned_keymap(manifest)
         if pinned_bucket != target.bucket:
-            raise UsageError(f"{db} mirrors to s3://{pinned_bucket}, not s3://{target.bucket}")
+            raise StateError(
+                f"{db} mirrors to s3://{pinned_bucket}, not s3://{target.bucket}; "
+                "use another --db for another target"
+            )
         try:
             report = publish(manifest, target, keymap, allow_incomplete=allow_incomplete)
         except DesimirrorError as exc:

@@ -7,6 +7,7 @@ import click
 from desimirror.cli.common import db_option, finish, json_option
 from desimirror.manifest import Manifest
 from desimirror.status import mirror_status
+from desimirror.storehealth import health_text, validation_text
 from desimirror.units import format_size
 
 
@@ -41,6 +42,7 @@ def _lines(r: dict) -> list[str]:
         lines.append(
             f"gone     {r['gone_files']:>12,} files mirrored earlier, gone from the source"
         )
+    lines.extend(_store_lines(r.get("store") or {}))
     for failure in r["failures"][:5]:
         lines.append(f"  {failure['path']}: {failure['error']}")
     if r["bytes_per_second"]:
@@ -52,4 +54,16 @@ def _lines(r: dict) -> list[str]:
     crawl = r["last_crawl"]
     if crawl:
         lines.append(f"crawl    {crawl['entries']:,} entries, {crawl['errors']:,} errors")
+    return lines
+
+
+def _store_lines(store: dict) -> list[str]:
+    """What the store answered in the last upload, and whether it checked checksums."""
+    lines = []
+    health = store.get("health")
+    text = health_text(health) if health else None
+    if text:
+        lines.append(f"store    {text}")
+    if store.get("validation"):
+        lines.append(f"store    {validation_text(store['validation'])}")
     return lines

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from desimirror.cli.common import db_option, finish, json_option, make_target, target_options
-from desimirror.errors import DesimirrorError, UsageError
+from desimirror.errors import DesimirrorError, StateError, UsageError
 from desimirror.manifest import Manifest
 from desimirror.progress import for_terminal
 from desimirror.units import format_size
@@ -83,7 +83,10 @@ def command(
     with Manifest.open(db) as manifest:
         pinned_bucket, keymap = pinned_keymap(manifest)
         if pinned_bucket != target.bucket:
-            raise UsageError(f"{db} mirrors to s3://{pinned_bucket}, not s3://{target.bucket}")
+            raise StateError(
+                f"{db} mirrors to s3://{pinned_bucket}, not s3://{target.bucket}; "
+                "use another --db for another target"
+            )
         selection = manifest.get_meta("plan_subdir") or "" if subdir is None else subdir.strip("/")
         try:
             report = verify(
@@ -128,6 +131,8 @@ def _lines(r: VerifyReport) -> list[str]:
     for problem in ("missing", "differ", "corrupt", "unproven", "unexpected"):
         for key in r.examples.get(problem, [])[:5]:
             lines.append(f"  {problem}: {key}")
+    if r.store_validation:
+        lines.append(f"note: at upload, {r.store_validation}")
     if r.returned_to_pending:
         lines.append(f"{r.returned_to_pending:,} files returned to pending: run upload again")
     if r.complete and r.checksum:
