@@ -88,9 +88,11 @@ def _release(tmp_path: Path, count: int = 40) -> tuple[Path, Path]:
     return root, db
 
 
-def _upload(db: Path, bucket: str, endpoint: str, env: dict, *extra: str) -> subprocess.Popen:
+def _upload(
+    db: Path, bucket: str, endpoint: str, env: dict, *extra: str, backend: str = "native"
+) -> subprocess.Popen:
     argv = [DESIMIRROR, "upload", "--db", str(db), "--bucket", f"s3://{bucket}"]
-    argv += ["--endpoint-url", endpoint, "--backend", "native", "--workers", "2"]
+    argv += ["--endpoint-url", endpoint, "--backend", backend, "--workers", "2"]
     argv += ["--retries", "20", "--backoff", "0.2", *extra]
     return subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -125,11 +127,15 @@ def _assert_gave_up(done: subprocess.CompletedProcess, db: Path, env: dict, caus
 
 
 @pytest.mark.s3
-def test_a_store_answering_500_to_every_put_is_given_up_on(tmp_path, s3, bucket, cli_env):
+@pytest.mark.parametrize("backend", ["native", "s5cmd"])
+def test_a_store_answering_500_to_every_put_is_given_up_on(tmp_path, s3, bucket, cli_env, backend):
     _, db = _release(tmp_path)
     with FaultProxy(s3.endpoint_url, rates={"error500": 1.0}, methods={"PUT"}) as proxy:
-        done = _finish(_upload(db, bucket, proxy.endpoint_url, cli_env, "--give-up-after", "3s"))
-    _assert_gave_up(done, db, cli_env, "InternalError (500)")
+        upload = _upload(
+            db, bucket, proxy.endpoint_url, cli_env, "--give-up-after", "3s", backend=backend
+        )
+        done = _finish(upload)
+    _assert_gave_up(done, db, cli_env, "InternalError")
     assert rows(db, "SELECT count(*) FROM uploads")[0][0] == 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -96,10 +97,16 @@ def test_a_malformed_endpoint_from_the_environment_names_its_source(uploaded, bu
     assert_clean_error(proc, "invalid S3 endpoint", "127.0.0.1:9000")
 
 
+def _access_env(tmp_path: Path) -> dict[str, str]:
+    """The environment without any endpoint, and a state directory of the test's own."""
+    env = {k: v for k, v in os.environ.items() if "ENDPOINT_URL" not in k}
+    return {**env, "HOME": str(tmp_path), "DESIMIRROR_STATE": str(tmp_path)}
+
+
 @pytest.mark.parametrize("endpoint", MALFORMED)
 def test_mount_refuses_a_malformed_endpoint(tmp_path: Path, endpoint: str) -> None:
     (tmp_path / "mnt").mkdir()
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DESIMIRROR_STATE": str(tmp_path)}
+    env = _access_env(tmp_path)
     proc = run_cli(
         "mount", "s3://some-bucket", str(tmp_path / "mnt"), "--endpoint-url", endpoint, env=env
     )
@@ -117,7 +124,7 @@ def test_mount_refuses_a_malformed_endpoint(tmp_path: Path, endpoint: str) -> No
 
 @pytest.mark.parametrize("endpoint", MALFORMED)
 def test_jupyter_refuses_a_malformed_endpoint(tmp_path: Path, endpoint: str) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DESIMIRROR_STATE": str(tmp_path)}
+    env = _access_env(tmp_path)
     argv = [DESIMIRROR, "jupyter", "--bucket", "s3://some-bucket", "--endpoint-url", endpoint]
     # bounded: without the check this would start JupyterLab
     proc = subprocess.run(
