@@ -50,6 +50,17 @@ def test_only_an_unbroken_run_of_failures_gives_up() -> None:
     assert health.successes == 1
 
 
+def test_the_error_rate_is_over_the_last_minute_only() -> None:
+    clock = Clock()
+    health = StoreHealth(300, clock=clock, wall=clock)
+    health.failure("InternalError (500)")
+    health.success()
+    assert health.recent() == (1, 2)
+    clock.now += 61
+    assert health.recent() == (0, 0)
+    assert health.line() is None
+
+
 def test_the_line_says_rate_last_error_and_backoff_and_redacts() -> None:
     clock = Clock()
     health = StoreHealth(300, clock=clock, wall=clock)
@@ -60,7 +71,7 @@ def test_the_line_says_rate_last_error_and_backoff_and_redacts() -> None:
     health.backing_off(8)
     line = health.line()
     assert line is not None
-    assert "2 of 3 requests failed" in line
+    assert "2 of 3 transfers failed" in line
     assert "last error: PUT s3://b/k: cannot reach S3 endpoint" in line
     assert "backing off until" in line
     health.failure("Signature=abc123")
@@ -72,9 +83,9 @@ def test_line_progress_prints_the_store_line_while_no_file_advances() -> None:
     out = io.StringIO()
     progress = LineProgress(interval=3600, stream=out)
     progress.start("upload", 10, 1000)
-    progress.store("store: 5 of 5 requests failed")
-    progress.store("store: 6 of 6 requests failed")  # within the interval: not repeated
-    assert out.getvalue().splitlines() == ["upload: store: 5 of 5 requests failed"]
+    progress.store("store: 5 of 5 transfers failed")
+    progress.store("store: 6 of 6 transfers failed")  # within the interval: not repeated
+    assert out.getvalue().splitlines() == ["upload: store: 5 of 5 transfers failed"]
 
 
 # -- through the command --------------------------------------------------------------------

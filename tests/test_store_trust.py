@@ -78,14 +78,14 @@ def uploaded(tmp_path: Path, s3, bucket: str, cli_env: dict) -> tuple[Path, dict
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("endpoint", MALFORMED)
 @pytest.mark.parametrize("command", ["upload", "verify", "manifest publish"])
-def test_pipeline_commands_refuse_a_malformed_endpoint(uploaded, bucket, command, endpoint):
+def test_pipeline_commands_refuse_a_malformed_endpoint(uploaded, bucket, command):
     db, env = uploaded
     args = [*command.split(), "--db", str(db), "--bucket", f"s3://{bucket}"]
-    proc = run_cli(*args, "--endpoint-url", endpoint, env=env)
-    assert proc.returncode == 2, proc.stderr
-    assert_clean_error(proc, "invalid S3 endpoint", repr(endpoint))
+    for endpoint in MALFORMED:
+        proc = run_cli(*args, "--endpoint-url", endpoint, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert_clean_error(proc, "invalid S3 endpoint", repr(endpoint))
 
 
 @pytest.mark.s3
@@ -94,7 +94,7 @@ def test_a_malformed_endpoint_from_the_environment_names_its_source(uploaded, bu
     env = {**env, "AWS_ENDPOINT_URL": MALFORMED[0]}
     proc = run_cli("verify", "--db", str(db), "--bucket", f"s3://{bucket}", env=env)
     assert proc.returncode == 2, proc.stderr
-    assert_clean_error(proc, "invalid S3 endpoint", "127.0.0.1:9000")
+    assert_clean_error(proc, "invalid S3 endpoint '127.0.0.1:9000' from $AWS_ENDPOINT_URL")
 
 
 def _access_env(tmp_path: Path) -> dict[str, str]:

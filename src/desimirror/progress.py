@@ -127,6 +127,7 @@ class RichProgress:
             transient=False,
         )
         self._task = None
+        self._store_text = ""
         self._files = 0
         self._total_files: int | None = None
 
@@ -145,8 +146,9 @@ class RichProgress:
         self._bar.update(self._task, advance=nbytes, files=self._files_text())
 
     def store(self, text: str | None) -> None:
-        if self._task is not None:
-            self._bar.update(self._task, store=text or "")
+        if self._task is not None and (text or "") != self._store_text:
+            self._store_text = text or ""
+            self._bar.update(self._task, store=self._store_text)
 
     def close(self) -> None:
         self._bar.stop()

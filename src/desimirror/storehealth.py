@@ -29,7 +29,7 @@ _MAX_ERROR = 240
 
 
 class StoreHealth:
-    """Successes and failures of requests to one store; see the module docstring.
+    """Successes and failures of transfers to one store; see the module docstring.
 
     ``clock`` (monotonic) decides; ``wall`` only dates what is shown and stored.
     Not thread-safe: the uploader settles results on one thread.
@@ -53,6 +53,7 @@ class StoreHealth:
         self._failing_since_wall: float | None = None
         self._backoff_until: float | None = None  # wall time
         self._recent: deque[tuple[float, bool]] = deque()  # (clock time, ok)
+        self._recent_failed = 0  # failures in _recent: kept as it goes, read at every result
 
     # -- what happened --------------------------------------------------------------------
 
@@ -82,8 +83,13 @@ class StoreHealth:
 
     def _remember(self, now: float, ok: bool) -> None:
         self._recent.append((now, ok))
-        while self._recent and now - self._recent[0][0] > WINDOW_SECONDS:
-            self._recent.popleft()
+        self._recent_failed += not ok
+        self._forget_before(now - WINDOW_SECONDS)
+
+    def _forget_before(self, start: float) -> None:
+        while self._recent and self._recent[0][0] < start:
+            _, was_ok = self._recent.popleft()
+            self._recent_failed -= not was_ok
 
     # -- what it means ---------------------------------------------------------------------
 
@@ -102,15 +108,16 @@ class StoreHealth:
 
     def recent(self) -> tuple[int, int]:
         """(failures, answers) within the last :data:`WINDOW_SECONDS`."""
-        failed = sum(1 for _, ok in self._recent if not ok)
-        return failed, len(self._recent)
+        self._forget_before(self.clock() - WINDOW_SECONDS)
+        return self._recent_failed, len(self._recent)
 
     def line(self) -> str | None:
         """One line for the terminal while the store fails, else None."""
         failed, answers = self.recent()
         if not failed:
             return None
-        text = f"store: {failed:,} of {answers:,} requests failed in the last {WINDOW_SECONDS:.0f}s"
+        window = f"{WINDOW_SECONDS:.0f}s"
+        text = f"store: {failed:,} of {answers:,} transfers failed in the last {window}"
         if self.failing:
             text += f", nothing but failures for {self.failing_for():.0f}s"
             text += f" (giving up after {self.give_up_after:.0f}s)"
@@ -122,10 +129,10 @@ class StoreHealth:
         """The one-line error of an upload that gave up on the store."""
         return (
             f"giving up: the S3 store at {endpoint} answered nothing but failures for "
-            f"{self.failing_for():.0f}s ({self.failures:,} failed requests, "
-            f"--give-up-after {self.give_up_after:g}s); last error: {self.last_error}; "
-            "nothing failed was recorded as done: run the same command again when the "
-            "store works"
+            f"{self.failing_for():.0f}s ({self.failures:,} failed transfers, "
+            f"--give-up-after {self.give_up_after:g}s), last error: {self.last_error} "
+            "(what the store confirmed stays done; run the same command again once the "
+            "store works)"
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -136,7 +143,7 @@ class StoreHealth:
             "successes": self.successes,
             "failures": self.failures,
             "recent_failures": failed,
-            "recent_requests": answers,
+            "recent_transfers": answers,
             "window_seconds": WINDOW_SECONDS,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
@@ -153,7 +160,7 @@ def health_text(note: dict) -> str | None:
     if not note.get("failures"):
         return None
     text = (
-        f"{note['failures']:,} failed requests, {note.get('successes', 0):,} succeeded in the "
+        f"{note['failures']:,} failed transfers, {note.get('successes', 0):,} succeeded in the "
         f"last upload (as of {_clock_text(note['at'])})"
     )
     if note.get("failing_since"):

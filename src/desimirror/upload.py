@@ -274,6 +274,7 @@ class _Job:
     attempts: int = 0  # failed attempts that were not throttling
     throttled: int = 0  # rounds refused by throttling
     sent: bool = False  # a transfer was started in this run (so not "adopted" if found)
+    last_error: str | None = None  # of the last failed attempt, recorded if the run gives up
 
 
 def _chunks(jobs: list[tuple[str, _Job]], max_files: int, max_bytes: int) -> list[list]:
@@ -348,9 +349,14 @@ class _Uploader:
                 if self.options.adopt != "none":
                     todo = self._adopt(todo)
                 retry: dict[str, _Job] = {}
-                for job, result in self._send(todo):
-                    if self._settle(job, result):
-                        retry[result.item.key] = job
+                try:
+                    for job, result in self._send(todo):
+                        if self._settle(job, result):
+                            retry[result.item.key] = job
+                except StoreGaveUp:
+                    for job in retry.values():  # failed in this run: say so, never "done"
+                        self.recorder.failed_file(job.entry, "error", job.last_error or "failed")
+                    raise
                 self.recorder.commit()
                 todo = retry
                 if todo:
@@ -379,6 +385,7 @@ class _Uploader:
         """Record one result; True if the file is to be tried again. Raises
         :class:`StoreGaveUp` once the store has answered nothing but failures too long."""
         retry = self._settle_one(job, result)
+        job.last_error = result.error
         if result.ok:
             self.health.success()
         elif result.reason not in ("corrupt", "changed"):  # the store's answer, not the file's
@@ -684,7 +691,9 @@ def upload(
 ) -> UploadSummary:
     """Upload every pending file of the plan, batch by batch; see the module docstring.
 
-    Raises :class:`IncompleteError` (after recording everything) when files failed.
+    Raises :class:`IncompleteError` (after recording everything) when files failed, and
+    :class:`RemoteError` when the store answered nothing but failures for
+    ``give_up_after`` seconds (see :mod:`desimirror.storehealth`).
     """
     from desimirror.prune import prune_gone
     from desimirror.s3client import check_bucket, make_client
@@ -776,10 +785,8 @@ def upload(
         _note_validation(manifest, backend, summary)
     if gave_up:
         after = manifest.totals(subdir)
-        summary.pending_files, summary.pending_bytes = (
-            after["pending_files"],
-            after["pending_bytes"],
-        )
+        summary.pending_files = after["pending_files"]
+        summary.pending_bytes = after["pending_bytes"]
         summary.errors.insert(0, gave_up)
         raise RemoteError(gave_up, report=summary.as_dict())
     prune_gone(manifest, keymap, lookup, summary, delete=options.delete)

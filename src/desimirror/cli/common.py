@@ -72,6 +72,14 @@ def emit_json(report: dict[str, Any]) -> None:
     sys.stdout.write("\n")
 
 
+def _checked_endpoint(ctx: click.Context, param: click.Parameter, value: str | None):
+    """The endpoint option, refused in one line (naming where it came from) if malformed."""
+    from desimirror.s3client import check_endpoint_url
+
+    from_env = ctx.get_parameter_source(param.name or "") == click.core.ParameterSource.ENVIRONMENT
+    return check_endpoint_url(value, "$AWS_ENDPOINT_URL" if from_env else "--endpoint-url")
+
+
 def target_options(func):
     """--bucket, --endpoint-url and --no-sign-request, shared by upload and verify."""
     func = click.option(
@@ -80,6 +88,7 @@ def target_options(func):
     func = click.option(
         "--endpoint-url",
         envvar="AWS_ENDPOINT_URL",
+        callback=_checked_endpoint,
         help="S3 endpoint (default: AWS, or $AWS_ENDPOINT_URL).",
     )(func)
     return click.option("--bucket", required=True, help="Destination, s3://NAME.")(func)
