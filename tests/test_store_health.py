@@ -173,3 +173,19 @@ def test_a_server_killed_mid_upload_is_given_up_on(tmp_path, s3, bucket, cli_env
     status = json.loads(run_cli("status", "--db", str(db), "--json", env=cli_env).stdout)
     assert status["done_files"] == sent
     assert status["pending_files"] > 0
+
+
+def test_give_up_after_takes_a_duration() -> None:
+    import click
+
+    from desimirror.cli.common import DURATION
+
+    assert [DURATION.convert(v, None, None) for v in ("300", "300s", "5m", "1h")] == [
+        300.0,
+        300.0,
+        300.0,
+        3600.0,
+    ]
+    for bad in ("soon", "0s", "-5", "inf"):
+        with pytest.raises(click.BadParameter):
+            DURATION.convert(bad, None, None)

@@ -9,10 +9,9 @@ import click
 
 from desimirror.access.config import load_config, unsigned_default
 from desimirror.access.jupyter import JupyterOptions, find_jupyter, run
-from desimirror.access.mount import parse_bucket_url
 from desimirror.cli.mount import ENDPOINT_ENV, s3_options
 from desimirror.errors import UsageError
-from desimirror.s3client import check_endpoint_url
+from desimirror.s3client import check_endpoint_url, parse_bucket_url
 
 
 @click.command("jupyter", context_settings={"ignore_unknown_options": True})

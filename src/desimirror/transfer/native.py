@@ -518,7 +518,9 @@ def _check_key(key: str) -> None:
         # many S3 stores (SeaweedFS among them) keep such keys as empty directory markers
         raise _Refused("a key ending in '/' names a directory, not a file")
     if size > _MAX_KEY_BYTES:
-        raise _Refused(f"the key is {size} bytes long; S3 allows {_MAX_KEY_BYTES}")
+        raise _Refused(
+            f"the key is {size} bytes long; S3 allows {_MAX_KEY_BYTES} (KeyTooLongError)"
+        )
 
 
 def _check_size(actual: int, item: TransferItem) -> None:
