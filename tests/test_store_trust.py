@@ -29,6 +29,7 @@ from faultproxy import FaultProxy, sigv4_resigner
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 from integrity_helpers import (
     MiB,
+    corrupt_keeping_stat,
     count_files,
     make_release,
     prepare,
@@ -357,3 +358,20 @@ def test_a_store_that_checks_leaves_no_warning(tmp_path, s3, bucket, cli_env) ->
         )
     finally:
         conn.close()
+
+
+@pytest.mark.s3
+def test_a_store_that_checks_nothing_still_gets_no_corrupt_file(
+    tmp_path: Path, bucket: str, cli_env: dict, radosgw: FaultProxy
+) -> None:
+    """The store would take any bytes with any checksum: the read itself must refuse them."""
+    root = tmp_path / "edr"
+    make_release(root, random_files(9, 4))
+    db = tmp_path / "m.db"
+    prepare(root, db)
+    victim = next(p for p in sorted(root.rglob("*.fits")))
+    corrupt_keeping_stat(victim)
+    proc, report = upload(db, bucket, radosgw.endpoint_url, cli_env, "--backend", "native")
+    assert proc.returncode == 5, proc.stderr
+    assert report["files_corrupt"] == 1
+    assert str(victim.relative_to(root)) not in uploads(db)
