@@ -90,6 +90,11 @@ class FaultProxy:
         self.slowdown_per_key = 0
         self.throttled_keys: list[str] = []
         self.error_delay = 0.0  # seconds before a made-up error answer is sent
+        # headers whose name starts with one of these are dropped on the way in and out
+        # (("x-amz-checksum-",) models a store that ignores checksums, as Ceph radosgw 16)
+        self.strip_headers: tuple[str, ...] = ()
+        # signs a request again after headers were stripped: see sigv4_resigner
+        self.resign: Callable[[str, str, list, bytes], list[tuple[str, str]]] | None = None
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -307,15 +312,18 @@ class _Handler(BaseHTTPRequestHandler):
             conn = self._upstream
             try:
                 conn.putrequest(method, self.path, skip_host=True, skip_accept_encoding=True)
-                for name, value in self.headers.items():
-                    if name.lower() not in _HOP:
-                        conn.putheader(name, value)
+                for name, value in self._request_headers(method, body):
+                    conn.putheader(name, value)
                 if body or method in ("PUT", "POST"):
                     conn.putheader("Content-Length", str(len(body)))
                 conn.endheaders(body or None)
                 response = conn.getresponse()
                 payload = response.read()
-                headers = [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP]
+                headers = [
+                    (k, v)
+                    for k, v in response.getheaders()
+                    if k.lower() not in _HOP and not self._stripped(k)
+                ]
                 if method == "HEAD":
                     length = response.getheader("Content-Length")
                     if length is not None:
@@ -327,6 +335,25 @@ class _Handler(BaseHTTPRequestHandler):
                 if attempt == 2:
                     raise
         raise RuntimeError("unreachable")
+
+    def _request_headers(self, method: str, body: bytes) -> list[tuple[str, str]]:
+        """The headers to forward: hop-by-hop and stripped ones dropped; re-signed when
+        headers were stripped (they were signed: the store would refuse the request)."""
+        headers = [
+            (name, value)
+            for name, value in self.headers.items()
+            if name.lower() not in _HOP and not self._stripped(name)
+        ]
+        if self.owner.resign is None or len(headers) == len(
+            [n for n in self.headers if n.lower() not in _HOP]
+        ):
+            return headers
+        return self.owner.resign(method, self.path, headers, body)
+
+    def _stripped(self, name: str) -> bool:
+        return (
+            name.lower().startswith(self.owner.strip_headers) if self.owner.strip_headers else False
+        )
 
     def _reply(
         self,
@@ -371,3 +398,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with contextlib.suppress(OSError):
             self.connection.close()
+
+
+def sigv4_resigner(access_key: str, secret_key: str, region: str = "us-east-1"):
+    """A ``FaultProxy.resign`` function: SigV4-signs a forwarded request again with the
+    test's own credentials, so a proxy that strips signed headers (as a store that ignores
+    them would) does not turn every request into SignatureDoesNotMatch."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    signer = S3SigV4Auth(Credentials(access_key, secret_key), "s3", region)
+    dropped = {"authorization", "x-amz-date", "x-amz-content-sha256"}
+
+    def resign(method: str, path: str, headers: list, body: bytes) -> list[tuple[str, str]]:
+        kept = [(k, v) for k, v in headers if k.lower() not in dropped]
+        host = next(v for k, v in kept if k.lower() == "host")
+        request = AWSRequest(method=method, url=f"http://{host}{path}", data=body)
+        for name, value in kept:
+            request.headers[name] = value
+        signer.add_auth(request)
+        return list(request.headers.items())
+
+    return resign

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -48,7 +49,8 @@ def test_check_bucket_accepts_an_existing_bucket(s3, bucket):
 @pytest.mark.usefixtures("aws_env")
 def test_check_bucket_missing_bucket(s3):
     client = make_client(S3Target("desimirror-absent", endpoint_url=s3.endpoint_url))
-    with pytest.raises(RemoteError, match=r"^bucket desimirror-absent does not exist$"):
+    where = re.escape(s3.endpoint_url)
+    with pytest.raises(RemoteError, match=rf"^bucket desimirror-absent does not exist at {where}$"):
         check_bucket(client, "desimirror-absent")
 
 

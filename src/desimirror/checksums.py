@@ -163,6 +163,37 @@ def composite_sha256(part_digests_b64: Sequence[str]) -> str:
     return f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(part_digests_b64)}"
 
 
+def split_composite(text: str | None) -> tuple[bytes, int | None] | None:
+    """A composite checksum as values: (the digest's bytes, the part count or None).
+
+    Stores disagree on the form: AWS and SeaweedFS append ``-N``, moto (and some others)
+    return the bare base64 digest. None for anything that is not base64 of a SHA-256.
+    """
+    if not text:
+        return None
+    digest, sep, count = text.strip().rpartition("-")
+    if not sep:
+        digest, count = text.strip(), ""
+    elif not count.isdigit():
+        return None
+    try:
+        raw = base64.b64decode(digest, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 32:
+        return None
+    return raw, int(count) if count else None
+
+
+def same_composite(stored: str | None, expected: str | None) -> bool:
+    """Whether a store's composite checksum is ``expected``: equal digests and, where both
+    carry one, equal part counts (``X`` and ``X-2`` are the same checksum; ``X-3`` is not)."""
+    a, b = split_composite(stored), split_composite(expected)
+    if a is None or b is None or a[0] != b[0]:
+        return False
+    return a[1] is None or b[1] is None or a[1] == b[1]
+
+
 def multipart_etag(part_md5s: Sequence[bytes]) -> str:
     """The ETag S3 gives a multipart object: ``hex(md5(part md5s))-N``."""
     return f"{hashlib.md5(b''.join(part_md5s)).hexdigest()}-{len(part_md5s)}"
@@ -267,7 +298,8 @@ def hash_file(path: str, part_size: int, *, md5: bool = True) -> FileDigests:
 
 
 class HashingReader(io.RawIOBase):
-    """A file wrapper that computes SHA-256 of exactly the bytes a client reads to send.
+    """A file wrapper that computes SHA-256 (and, with ``md5``, MD5) of exactly the bytes a
+    client reads to send.
 
     HTTP clients may read a body more than once: botocore reads it to compute a checksum
     header and again to sign it on plain HTTP, and seeks back to the start before each
@@ -276,15 +308,17 @@ class HashingReader(io.RawIOBase):
     in order, i.e. whether :meth:`hexdigest` describes the bytes that were sent last.
     """
 
-    def __init__(self, raw: io.BufferedReader, size: int) -> None:
+    def __init__(self, raw: io.BufferedReader, size: int, *, md5: bool = False) -> None:
         super().__init__()
         self._raw = raw
         self._size = size
         self._start = raw.tell()
+        self._with_md5 = md5
         self._reset()
 
     def _reset(self) -> None:
         self._hash = hashlib.sha256()
+        self._md5 = hashlib.md5() if self._with_md5 else None
         self._pos = 0
         self._valid = True
 
@@ -298,6 +332,8 @@ class HashingReader(io.RawIOBase):
         data = self._raw.read() if size is None or size < 0 else self._raw.read(size)
         if data and self._valid:
             self._hash.update(data)
+            if self._md5 is not None:
+                self._md5.update(data)
         self._pos += len(data)
         return data
 
@@ -325,3 +361,7 @@ class HashingReader(io.RawIOBase):
 
     def hexdigest(self) -> str | None:
         return self._hash.hexdigest() if self.complete else None
+
+    def md5_hexdigest(self) -> str | None:
+        """The MD5 of the bytes sent last (a single-part ETag), if asked for with ``md5``."""
+        return self._md5.hexdigest() if self._md5 is not None and self.complete else None

@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from desimirror.checksums import CHUNK, composite_sha256, hash_stream, hex_of_b64
+from desimirror.checksums import CHUNK, composite_sha256, hash_stream, hex_of_b64, same_composite
 from desimirror.s3client import describe_error, error_code
 from desimirror.sourcetree import SourceRefused, tree_at
 
@@ -115,15 +115,17 @@ class ContentChecker:
                 )
             )
             stored = head.get("ChecksumSHA256")
+            parts = c.parts.split() if c.parts else []
+            if stored and len(parts) > 1 and reference:
+                if same_composite(stored, composite_sha256(parts)):
+                    return Verdict(c, True, "composite")  # with or without its "-N"
+                if hex_of_b64(stored) != reference:
+                    return Verdict(c, False, "composite", "the object's composite checksum differs")
             full = hex_of_b64(stored) if stored else None
             if full is not None and reference:
                 if full == reference:
                     return Verdict(c, True, "sha256")
                 return Verdict(c, False, "sha256", f"the object's SHA-256 is {full}")
-            if stored and "-" in stored and c.parts and reference:
-                if composite_sha256(c.parts.split()) == stored:
-                    return Verdict(c, True, "composite")
-                return Verdict(c, False, "composite", "the object's composite checksum differs")
         return self._reread(c, reference)
 
     def _reread(self, c: Candidate, reference: str | None) -> Verdict:

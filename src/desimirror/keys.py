@@ -9,8 +9,9 @@ the public bucket. Every rule is checked so that no key can climb out of the buc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from desimirror.errors import UsageError
 
@@ -95,20 +96,70 @@ class KeyMap:
         return {"prefix": self.prefix, "remap": [f"{s}={d}" for s, d in self.rules]}
 
 
-def first_collision(keymap: KeyMap, paths: Iterable[str]) -> tuple[str, str, str] | None:
-    """The first (path, other path, key) where two paths would share a key, or None.
+class Collision(NamedTuple):
+    """Two paths whose keys the store cannot tell apart: ``key`` is what they share."""
 
-    Without remapping every key is distinct, so a collision always involves a key under
-    some rule's destination: only those keys are remembered, which keeps memory small.
+    path: str
+    other: str
+    key: str
+    rewritten: bool = False  # equal only once the store rewrites '\\' as '/'
+
+    def message(self) -> str:
+        """The one-line refusal, naming both paths."""
+        if self.rewritten:
+            return (
+                f"{self.path!r} and {self.other!r} would be one object {self.key!r}: S3 "
+                "stores such as SeaweedFS store '\\' in a key as '/'; rename one of the "
+                "two files (or leave one out of the plan)"
+            )
+        return (
+            f"remap makes {self.path!r} and {self.other!r} share the key {self.key!r}; fix --remap"
+        )
+
+
+def store_spelling(key: str) -> str:
+    """The key as a store that rewrites it may keep it: ``\\`` becomes ``/``."""
+    return key.replace("\\", "/")
+
+
+def first_collision(
+    keymap: KeyMap, paths: Iterable[str] | Callable[[], Iterable[str]]
+) -> Collision | None:
+    """The first pair of paths whose objects would be one, or None.
+
+    Two kinds: a remap that sends two paths to one key, and two keys that are equal once a
+    store rewrites them (SeaweedFS keeps ``a\\b`` as ``a/b`` and answers for both, so both
+    would be "sent", one object would exist, and verify could never agree). ``paths`` may
+    be a function returning them anew: the paths are read twice when some key holds a
+    backslash. Without remapping every key is distinct, so only keys under some rule's
+    destination and keys with a backslash are remembered, which keeps memory small.
     """
-    if not keymap.rules:
-        return None
+    again = paths if callable(paths) else _reiterable(paths)
     destinations = tuple(d for _, d in keymap.rules)
-    seen: dict[str, str] = {}
-    for path in paths:
+    seen: dict[str, tuple[str, str]] = {}  # store spelling -> (path, its key)
+    rewritten: dict[str, tuple[str, str]] = {}
+    for path in again():
         key = keymap.key(path)
-        if any(key == d or key.startswith(d + "/") for d in destinations):
-            if key in seen:
-                return (seen[key], path, key)
-            seen[key] = path
+        spelled = store_spelling(key)
+        under_rule = any(spelled == d or spelled.startswith(d + "/") for d in destinations)
+        if under_rule:
+            if spelled in seen:
+                first, first_key = seen[spelled]
+                return Collision(first, path, spelled, rewritten=first_key != key)
+            seen[spelled] = (path, key)
+        if spelled != key:
+            if spelled in rewritten:
+                return Collision(rewritten[spelled][0], path, spelled, rewritten=True)
+            rewritten[spelled] = (path, key)
+    if not rewritten:
+        return None
+    for path in again():  # a key without a backslash that one with a backslash becomes
+        key = keymap.key(path)
+        if key in rewritten and rewritten[key][1] != key:
+            return Collision(rewritten[key][0], path, key, rewritten=True)
     return None
+
+
+def _reiterable(paths: Iterable[str]) -> Callable[[], Iterable[str]]:
+    items = list(paths) if iter(paths) is paths else paths
+    return lambda: items

@@ -963,6 +963,21 @@ class Manifest:
         over the table."""
         self.conn.executemany("UPDATE entries SET size = ? WHERE path = ?", sizes)
 
+    def record_store_note(self, name: str, note: dict) -> None:
+        """Keep a small JSON note on how the object store behaved (``health``: its recent
+        errors; ``validation``: whether it checked the checksums sent), for ``status`` and
+        ``verify`` to read. Joins the caller's transaction if one is open."""
+        value = json.dumps(note, sort_keys=True)
+        if self.conn.in_transaction:
+            self._set_meta_raw(f"store_{name}", value)
+        else:
+            self.set_meta(f"store_{name}", value)
+
+    def store_note(self, name: str) -> dict | None:
+        """The note :meth:`record_store_note` kept under ``name``, or None."""
+        value = self.get_meta(f"store_{name}")
+        return json.loads(value) if value else None
+
     # -- the db file itself: the write lock, and a file deleted or replaced under us -------
 
     #: The write lock, when opened with ``writer`` (see :meth:`open`).

@@ -7,6 +7,8 @@ phase; with ``--json``, nothing until the final report.
 Rate and ETA are computed by :func:`throughput` alone, for the bar and for ``desimirror
 status`` (:mod:`desimirror.status`), so the two agree at any moment: the average since the
 run began, and an ETA only once that average means something.
+While the object store fails, a second line says what it answers (:meth:`Progress.store`),
+so a store that refuses everything is not mistaken for a slow upload.
 """
 
 from __future__ import annotations
@@ -75,6 +77,11 @@ class Progress(Protocol):
         that a count that does not move for a while says why."""
 
     def advance(self, files: int = 0, nbytes: int = 0) -> None: ...
+
+    def store(self, text: str | None) -> None:
+        """What the store answers while it fails (see :mod:`desimirror.storehealth`);
+        None once it works again."""
+        ...
 
     def close(self) -> None: ...
 
@@ -154,6 +161,9 @@ class NullProgress:
     def advance(self, files: int = 0, nbytes: int = 0) -> None:
         _track_advance(files, nbytes)
 
+    def store(self, text: str | None) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -173,6 +183,8 @@ class LineProgress:
         self.total_bytes: int | None = None
         self.t0 = self.last = time.monotonic()
         self.closed = False
+        self.store_text: str | None = None
+        self.store_last = float("-inf")
 
     def start(self, label: str, files: int | None = None, nbytes: int | None = None) -> None:
         _track_start(label, files)
@@ -211,6 +223,16 @@ class LineProgress:
         label = f"{self.label} ({self.current_phase})" if self.current_phase else self.label
         rate = describe_rate(throughput(self.nbytes, now - self.t0, remaining))
         print(f"{label}: {files} files, {nbytes}, {rate}", file=self.stream, flush=True)
+
+    def store(self, text: str | None) -> None:
+        """Print the store's trouble at once when it starts, then at most every interval:
+        while every request fails, no file advances the regular line."""
+        first = text is not None and self.store_text is None
+        self.store_text = text
+        now = time.monotonic()
+        if text is not None and (first or now - self.store_last >= self.interval):
+            self.store_last = now
+            print(f"{self.label}: {text}", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.closed:
@@ -253,12 +275,14 @@ class RichProgress:
             TextColumn("{task.fields[files]} files", markup=False),
             DownloadColumn(),
             RateColumn(),
+            TextColumn("{task.fields[store]}", style="red"),
             console=console,
             transient=False,
         )
         self._task = None
         self._label = ""
         self._phase: str | None = None
+        self._store_text = ""
         self._files = 0
         self._total_files: int | None = None
         self._running = False
@@ -269,7 +293,7 @@ class RichProgress:
         self._running = True
         self._label, self._phase = label, None
         self._files, self._total_files = 0, files
-        self._task = self._bar.add_task(label, total=nbytes, files=self._files_text())
+        self._task = self._bar.add_task(label, total=nbytes, files=self._files_text(), store="")
 
     def phase(self, name: str) -> None:
         if name != self._phase and self._task is not None:
@@ -285,6 +309,11 @@ class RichProgress:
         _track_advance(files, nbytes)
         self._files += files
         self._bar.update(self._task, advance=nbytes, files=self._files_text())
+
+    def store(self, text: str | None) -> None:
+        if self._task is not None and (text or "") != self._store_text:
+            self._store_text = text or ""
+            self._bar.update(self._task, store=self._store_text)
 
     def close(self) -> None:
         if self._running:

@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from desimirror.errors import RemoteError, redact
+from desimirror.errors import RemoteError, UsageError, redact
 from desimirror.transfer.base import S3Target
 
 DEFAULT_REGION = "us-east-1"
@@ -80,6 +81,64 @@ _DENIED_CODES = frozenset(
 )
 _MISSING_BUCKET_CODES = frozenset({"404", "NoSuchBucket", "NotFound"})
 _MAX_MESSAGE = 300
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_ENDPOINT_SCHEMES = ("http", "https")
+
+
+def check_endpoint_url(url: str | None, source: str = "--endpoint-url") -> str | None:
+    """``url`` if it is a usable S3 endpoint (``http(s)://HOST[:PORT][/PATH]``), else a
+    one-line :class:`UsageError` naming where it came from (``source``).
+
+    botocore and s5cmd each fail on a malformed endpoint in their own way, deep inside a
+    request (a traceback, an ``EndpointResolutionError``, a silent default), so every
+    command checks it here, once, before it opens anything.
+    """
+    if url is None or not url.strip():
+        return None
+    text = url.strip()
+    parts = urllib.parse.urlsplit(text)
+    problem = None
+    if parts.scheme.lower() not in _ENDPOINT_SCHEMES:
+        problem = "it must start with http:// or https://"
+    elif not parts.hostname:
+        problem = "it names no host"
+    elif parts.query or parts.fragment or parts.username or parts.password:
+        problem = "it must hold no query, fragment or credentials"
+    else:
+        try:
+            port = parts.port  # raises on a port that is not a number in range
+        except ValueError:
+            port = 0
+        if port == 0:
+            problem = "its port is not a number from 1 to 65535"
+    if problem:
+        shown = redact(text) if not (parts.username or parts.password) else "(with credentials)"
+        raise UsageError(
+            f"invalid S3 endpoint {shown!r} from {source}: {problem}; "
+            "expected http(s)://HOST[:PORT], e.g. http://127.0.0.1:9000"
+        )
+    return text
+
+
+def parse_bucket_url(url: str) -> tuple[str, str]:
+    """``s3://NAME[/PREFIX]`` (or a bare ``NAME[/PREFIX]``) → (NAME, PREFIX without slashes).
+
+    The one parser of bucket URLs, for the pipeline and the access commands alike.
+    """
+    parts = urllib.parse.urlsplit(url.strip(), allow_fragments=False)
+    if parts.scheme == "s3":
+        name, prefix = parts.netloc, parts.path
+        if parts.query:
+            prefix += "?" + parts.query
+    elif not parts.scheme and not parts.netloc:
+        name, _, prefix = parts.path.partition("/")
+    else:
+        name, prefix = "", ""
+    if not _BUCKET_NAME.match(name):
+        raise UsageError(
+            f"invalid bucket {url!r}: expected s3://NAME[/PREFIX] with a 3-63 character bucket name"
+        )
+    return name, prefix.strip("/")
 
 
 def endpoint_url(target: S3Target) -> str | None:
@@ -89,11 +148,11 @@ def endpoint_url(target: S3Target) -> str | None:
     given the resolved URL explicitly: they must never write to two different stores.
     """
     if target.endpoint_url:
-        return target.endpoint_url
+        return check_endpoint_url(target.endpoint_url)
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         value = os.environ.get(name, "").strip()
         if value:
-            return value
+            return check_endpoint_url(value, f"${name}")
     return None
 
 
@@ -133,10 +192,17 @@ def make_client(
 
 
 def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
-    """``text`` squeezed onto one short line with credentials removed, fit for the state db."""
+    """``text`` squeezed onto one short line with credentials removed, fit for the state db.
+
+    A line that is too long loses its middle, not its end: errors read "PUT s3://KEY:
+    CAUSE", and a key can be 1,024 bytes, so cutting the end would drop the cause.
+    """
     text = re.sub(r"\s+", " ", str(text)).strip()
     text = redact(text.encode("utf-8", "backslashreplace").decode("utf-8"))  # lone surrogates
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    tail = limit // 2
+    return text[: limit - tail - 5] + " ... " + text[-tail:]
 
 
 def retryable_error(code: str | None, status: int | None) -> bool:
@@ -224,7 +290,7 @@ def bucket_error(client: Any, bucket: str, exc: BaseException) -> RemoteError:
     if isinstance(exc, bx.ClientError):
         code, status, message = _client_error_parts(exc)
         if code in _MISSING_BUCKET_CODES or (status == 404 and code != "NoSuchKey"):
-            return RemoteError(f"bucket {bucket} does not exist")
+            return RemoteError(f"bucket {bucket} does not exist at {_endpoint_of(client)}")
         if code == "RequestTimeTooSkewed":
             return RemoteError("this machine's clock differs too much from the S3 server's")
         if code in _DENIED_CODES or status == 403:

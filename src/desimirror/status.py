@@ -52,6 +52,10 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
     adopted = conn.execute("SELECT count(*) FROM uploads WHERE adopted").fetchone()[0]
     gone = len(manifest.gone_uploads())
     published = conn.execute("SELECT count(*) FROM published").fetchone()[0]
+    store = {
+        "health": manifest.store_note("health"),
+        "validation": manifest.store_note("validation"),
+    }
     return {
         "db": str(manifest.path),
         "root": manifest.root or manifest.root_name,
@@ -69,6 +73,7 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
         "adopted_files": adopted,
         "gone_files": gone,
         "published_checksums": published,
+        "store": store,
         "batches": batches_total,
         "batches_done": batches_done,
         "upload_runs": runs,

@@ -45,14 +45,15 @@ from dataclasses import dataclass, field
 
 from desimirror import transfer
 from desimirror.bucket import ObjectInfo, ObjectLookup
-from desimirror.checksums import FileDigests, guess_part_sizes, hex_of_b64
-from desimirror.errors import IncompleteError, StateError, UsageError, redact
+from desimirror.checksums import FileDigests, guess_part_sizes, hex_of_b64, same_composite
+from desimirror.errors import IncompleteError, RemoteError, StateError, UsageError, redact
 from desimirror.keys import KeyMap, first_collision
 from desimirror.manifest import Entry, Manifest, UploadRecord
 from desimirror.prehash import FileChanged, Prehasher
 from desimirror.progress import NullProgress, Progress
 from desimirror.published import sync_published
 from desimirror.sourcetree import SourceRefused, SourceTree
+from desimirror.storehealth import DEFAULT_GIVE_UP_SECONDS, StoreHealth, validation_text
 from desimirror.text import shown
 from desimirror.throttle import Concurrency
 from desimirror.transfer import S3Target, TransferItem, TransferResult
@@ -85,6 +86,8 @@ class UploadOptions:
     #: s5cmd runs at most this much of a batch at once, hashing the next chunk meanwhile.
     chunk_files: int = 2000
     chunk_bytes: int = 8 << 30
+    #: Give up (exit 4) after this long in which the store answered nothing but failures.
+    give_up_after: float = DEFAULT_GIVE_UP_SECONDS
 
 
 @dataclass
@@ -226,6 +229,7 @@ class _Recorder:
         self.done: list[UploadRecord] = []
         self.failed: list[tuple[str, str, str]] = []
         self.last_commit = time.monotonic()
+        self.health: StoreHealth | None = None  # kept in the db at each commit, for status
 
     def confirmed(self, record: UploadRecord, *, counted_as_adopted: bool) -> None:
         self.done.append(record)
@@ -251,7 +255,7 @@ class _Recorder:
             self.commit()
 
     def commit(self) -> None:
-        if not (self.done or self.failed):
+        if not (self.done or self.failed or (self.health and self.health.failing)):
             return
         sent = [r for r in self.done if not r.adopted]
         try:
@@ -261,6 +265,8 @@ class _Recorder:
                 for path, reason, message in self.failed:
                     self.manifest.record_failure(path, reason, message)
                 self.manifest.tick_upload_run(self.run_id, len(sent), sum(r.size for r in sent))
+                if self.health is not None:
+                    self.manifest.record_store_note("health", self.health.as_dict())
         except Exception:  # cannot be recorded (db gone, disk full): the next run adopts them
             self.done, self.failed = [], []
             raise
@@ -277,6 +283,7 @@ class _Job:
     attempts: int = 0  # failed attempts that were not throttling
     throttled: int = 0  # rounds refused by throttling
     sent: bool = False  # a transfer was started in this run (so not "adopted" if found)
+    last_error: str | None = None  # of the last failed attempt, recorded if the run gives up
 
 
 def _chunks(jobs: list[tuple[str, _Job]], max_files: int, max_bytes: int) -> list[list]:
@@ -326,6 +333,8 @@ class _Uploader:
         self.backend, self.lookup, self.hasher = backend, lookup, hasher
         self.recorder, self.progress, self.sleep = recorder, progress, sleep
         self.summary = recorder.summary
+        self.health = StoreHealth(options.give_up_after)
+        recorder.health = self.health
         failures = recorder.manifest.conn.execute(
             "SELECT path FROM failures WHERE reason = 'mismatch'"
         )
@@ -349,9 +358,14 @@ class _Uploader:
                 if self.options.adopt != "none":
                     todo = self._adopt(todo)
                 retry: dict[str, _Job] = {}
-                for job, result in self._send(todo):
-                    if self._settle(job, result):
-                        retry[result.item.key] = job
+                try:
+                    for job, result in self._send(todo):
+                        if self._settle(job, result):
+                            retry[result.item.key] = job
+                except StoreGaveUp:
+                    for job in retry.values():  # failed in this run: say so, never "done"
+                        self.recorder.failed_file(job.entry, "error", job.last_error or "failed")
+                    raise
                 self.recorder.commit()
                 todo = retry
                 if todo:
@@ -360,6 +374,8 @@ class _Uploader:
                     delay = min(cap, self.options.backoff_seconds * 2 ** (rounds - 1))
                     delay *= 0.5 + random.random()
                     self.summary.backoff_seconds += delay
+                    self.health.backing_off(delay)
+                    self._show_health()
                     self.sleep(delay)
         finally:
             self.hasher.forget({e.path for e in entries})
@@ -374,7 +390,30 @@ class _Uploader:
                 self.hasher.submit(self.tree.path(entry.path), entry, self.options.part_size)
 
     def _settle(self, job: _Job, result: TransferResult) -> bool:
-        """Record one result; True if the file is to be tried again."""
+        """Record one result; True if the file is to be tried again. Raises
+        :class:`StoreGaveUp` once the store has answered nothing but failures too long."""
+        retry = self._settle_one(job, result)
+        job.last_error = result.error
+        if result.ok:
+            self.health.success()
+        elif result.reason not in ("corrupt", "changed"):  # the store's answer, not the file's
+            self.health.failure(result.error or "upload failed")
+            if self.health.should_give_up():
+                if retry:
+                    self.recorder.failed_file(job.entry, "error", result.error or "failed")
+                raise StoreGaveUp(self.health.give_up_message(self._endpoint()))
+        self._show_health()
+        return retry
+
+    def _show_health(self) -> None:
+        self.progress.store(self.health.line() if self.health.failures else None)
+
+    def _endpoint(self) -> str:
+        from desimirror.s3client import endpoint_url
+
+        return endpoint_url(self.options.target) or "AWS"
+
+    def _settle_one(self, job: _Job, result: TransferResult) -> bool:
         entry = job.entry
         if result.ok:
             reason, message, _ = _check_source(self.tree, entry)
@@ -459,7 +498,12 @@ class _Uploader:
         for key, job in candidates.items():
             info = heads.get(key) or found.objects[key]
             full = hex_of_b64(info.checksum_sha256) if info.checksum_sha256 else None
-            if full is not None and job.entry.sha256:
+            multipart = "-" in info.etag  # its checksum may be a composite without "-N"
+            if (
+                full is not None
+                and job.entry.sha256
+                and (full == job.entry.sha256 or not multipart)
+            ):
                 if full == job.entry.sha256:
                     self._confirm(job, key, adopted=True, info=info, proof="sha256", sha256=full)
                 else:
@@ -484,7 +528,7 @@ class _Uploader:
                 self._confirm(
                     job, key, adopted=True, info=info, proof="etag", sha256=digests.sha256
                 )
-            elif info.checksum_sha256 and info.checksum_sha256 == digests.composite:
+            elif same_composite(info.checksum_sha256, digests.composite):
                 self._confirm(
                     job, key, adopted=True, info=info, proof="composite", sha256=digests.sha256
                 )
@@ -648,6 +692,10 @@ def _refusal_reason(exc: BaseException) -> str:
     return exc.reason if isinstance(exc, SourceRefused) else "changed"
 
 
+class StoreGaveUp(Exception):
+    """The store answered nothing but failures for ``--give-up-after`` seconds."""
+
+
 def _failed(item: TransferItem, text: str, *, reason: str | None = None) -> TransferResult:
     return TransferResult(
         item,
@@ -694,7 +742,9 @@ def upload(
 ) -> UploadSummary:
     """Upload every pending file of the plan, batch by batch; see the module docstring.
 
-    Raises :class:`IncompleteError` (after recording everything) when files failed.
+    Raises :class:`IncompleteError` (after recording everything) when files failed, and
+    :class:`RemoteError` when the store answered nothing but failures for
+    ``give_up_after`` seconds (see :mod:`desimirror.storehealth`).
     """
     from desimirror.prune import prune_gone
     from desimirror.s3client import check_bucket, make_client
@@ -716,10 +766,9 @@ def upload(
     if not batches:
         raise UsageError(f"{manifest.path} has no plan: run 'desimirror plan --db ...' first")
     subdir = manifest.get_meta("plan_subdir") or ""
-    collision = first_collision(keymap, (e.path for e in manifest.iter_uploadables(subdir)))
+    collision = first_collision(keymap, lambda: (e.path for e in manifest.iter_uploadables(subdir)))
     if collision:
-        a, b, key = collision
-        raise UsageError(f"remap makes {a!r} and {b!r} share the key {key!r}; fix --remap")
+        raise UsageError(collision.message())
     client = make_client(options.target, max_pool_connections=32)
     check_bucket(client, options.target.bucket, sleep=sleep)
     pin_target(manifest, options.target.bucket, keymap, options.target.endpoint_url)
@@ -762,6 +811,7 @@ def upload(
         sleep=sleep,
     )
     started = time.monotonic()
+    gave_up: str | None = None
     try:
         for number, (batch_id, _nbytes, _nfiles, paths) in enumerate(batches):
             pending = manifest.pending_in(paths)
@@ -776,7 +826,11 @@ def upload(
             more = options.max_batches is None or summary.batches_run < options.max_batches
             if more and number + 1 < len(batches):
                 uploader.prefetch(manifest.pending_in(batches[number + 1][3]))
-            uploader.batch(pending)
+            try:
+                uploader.batch(pending)
+            except StoreGaveUp as exc:
+                gave_up = str(exc)
+                break
             if not manifest.pending_in(paths):
                 summary.batches_done += 1
                 manifest.mark_batch_complete(batch_id)
@@ -789,6 +843,13 @@ def upload(
         summary.seconds = time.monotonic() - started
         summary.bytes_hashed, summary.hash_seconds = hasher.bytes, hasher.seconds
         summary.concurrency = limiter.as_dict()
+        _note_validation(manifest, backend, summary)
+    if gave_up:
+        after = manifest.totals(subdir)
+        summary.pending_files = after["pending_files"]
+        summary.pending_bytes = after["pending_bytes"]
+        summary.errors.insert(0, gave_up)
+        raise RemoteError(gave_up, report=summary.as_dict())
     prune_gone(manifest, keymap, lookup, summary, delete=options.delete)
     after = manifest.totals(subdir)
     summary.pending_files, summary.pending_bytes = after["pending_files"], after["pending_bytes"]
@@ -802,6 +863,17 @@ def upload(
 def _crawled_dev(manifest: Manifest) -> int | None:
     root = manifest.get("")
     return root.dev if root is not None else None
+
+
+def _note_validation(
+    manifest: Manifest, backend: transfer.TransferBackend, summary: UploadSummary
+) -> None:
+    """Say it, and keep it for status and verify, when the store checked no checksums."""
+    note_of = getattr(backend, "validation_note", None)
+    note = note_of() if note_of is not None else None
+    if note:
+        summary.warnings.append(validation_text(note))
+        manifest.record_store_note("validation", note)
 
 
 def _incomplete_message(summary: UploadSummary) -> str:

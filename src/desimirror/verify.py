@@ -31,6 +31,7 @@ from desimirror.errors import IncompleteError, redact
 from desimirror.keys import KeyMap
 from desimirror.manifest import Manifest
 from desimirror.progress import NullProgress, Progress
+from desimirror.storehealth import validation_text
 from desimirror.transfer import S3Target
 
 Problem = Literal["missing", "differ", "unexpected"]
@@ -72,6 +73,8 @@ class VerifyReport:
     proven_by: dict[str, int] = field(default_factory=dict)
     bytes_reread: int = 0
     partial_tree: str | None = None  # the manifest rests on a crawl that did not finish
+    #: Set when the store validated no checksums at upload: what proved the content instead.
+    store_validation: str | None = None
 
     @property
     def complete(self) -> bool:
@@ -308,6 +311,8 @@ def verify(
         content=checker,
         sample=sample,
     )
+    note = manifest.store_note("validation")
+    report.store_validation = validation_text(note) if note else None
     if not report.complete or (strict and report.unexpected):
         raise IncompleteError(_summary_line(report), report=report.as_dict())
     if partial:  # the bucket matches the manifest, and the manifest is not the whole tree

@@ -30,7 +30,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -41,6 +40,7 @@ from pathlib import Path
 from desimirror import processes
 from desimirror.binaries import find_binary
 from desimirror.errors import RemoteError, UsageError
+from desimirror.s3client import parse_bucket_url  # the one bucket-URL parser; re-exported
 
 RCLONE_REMOTE = "desimirror"
 NO_FUSE_HINT = (
@@ -173,18 +173,6 @@ def prepare_mountpoint(mountpoint: str | Path) -> Path:
     if busy:
         raise UsageError(f"mount point {path} is not empty; mount on an empty directory")
     return path
-
-
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-
-
-def parse_bucket_url(url: str) -> tuple[str, str]:
-    """``s3://NAME[/PREFIX]`` (or ``NAME[/PREFIX]``) → (NAME, PREFIX without slashes)."""
-    rest = url[5:] if url.startswith("s3://") else url
-    name, _, prefix = rest.partition("/")
-    if not _BUCKET_NAME.match(name):
-        raise UsageError(f"invalid bucket {url!r}: expected s3://NAME[/PREFIX]")
-    return name, prefix.strip("/")
 
 
 def check_bucket(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from desimirror.errors import UsageError
+from desimirror.errors import StateError, UsageError
 from desimirror.units import parse_size
 
 db_option = click.option(
@@ -40,6 +39,34 @@ class SizeType(click.ParamType):
 SIZE = SizeType()
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class DurationType(click.ParamType):
+    """A duration option: ``300``, ``300s``, ``5m`` or ``1h`` (seconds, more than zero)."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        scale = _DURATION_UNITS.get(text[-1:])
+        number = text[:-1] if scale else text
+        try:
+            seconds = float(number) * (scale or 1.0)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds == float("inf"):
+            self.fail(f"{value!r} is not a duration such as 300s, 5m or 1h", param, ctx)
+        return seconds
+
+
+DURATION = DurationType()
+
+
 def emit_json(report: dict[str, Any]) -> None:
     """Write a report as one JSON document on stdout."""
     json.dump(report, sys.stdout, indent=2, sort_keys=False)
@@ -63,18 +90,12 @@ def deprecated_json_file(
     return old
 
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+def _checked_endpoint(ctx: click.Context, param: click.Parameter, value: str | None):
+    """The endpoint option, refused in one line (naming where it came from) if malformed."""
+    from desimirror.s3client import check_endpoint_url
 
-
-def parse_bucket(url: str) -> tuple[str, str | None]:
-    """``s3://NAME[/PREFIX]`` (or a bare NAME) → (NAME, PREFIX or None)."""
-    rest = url[5:] if url.startswith("s3://") else url
-    name, _, prefix = rest.partition("/")
-    if not _BUCKET.match(name):
-        raise UsageError(
-            f"invalid bucket {url!r}: expected s3://NAME with a 3-63 character bucket name"
-        )
-    return name, prefix.strip("/") or None
+    from_env = ctx.get_parameter_source(param.name or "") == click.core.ParameterSource.ENVIRONMENT
+    return check_endpoint_url(value, "$AWS_ENDPOINT_URL" if from_env else "--endpoint-url")
 
 
 def target_options(func):
@@ -88,6 +109,7 @@ def target_options(func):
     func = click.option(
         "--endpoint-url",
         envvar="AWS_ENDPOINT_URL",
+        callback=_checked_endpoint,
         help="S3 endpoint (default: $AWS_ENDPOINT_URL, else the one the db's last upload "
         "used, else AWS).",
     )(func)
@@ -125,6 +147,8 @@ def resolve_target(
 
     Options that disagree with the pin are passed on as given, for the caller to refuse.
     """
+    from desimirror.s3client import endpoint_url as resolved_endpoint
+    from desimirror.s3client import parse_bucket_url
     from desimirror.transfer import S3Target
     from desimirror.upload import pinned_keymap
 
@@ -139,7 +163,8 @@ def resolve_target(
             )
         name, url_prefix = pinned_bucket, None
     else:
-        name, url_prefix = parse_bucket(bucket)
+        name, url_prefix = parse_bucket_url(bucket)
+        url_prefix = url_prefix or None
     if url_prefix and prefix:
         raise UsageError("give the key prefix once: either s3://NAME/PREFIX or --prefix")
     prefix = prefix or url_prefix
@@ -150,6 +175,7 @@ def resolve_target(
         remap = tuple(layout["remap"])  # type: ignore[arg-type]
     endpoint = endpoint_url or manifest.get_meta("endpoint_url")
     target = S3Target(bucket=name, endpoint_url=endpoint, no_sign_request=no_sign_request)
+    resolved_endpoint(target)  # a malformed one (given, from the environment or pinned): exit 2
     return Destination(target, prefix, tuple(remap), pinned=same_bucket)
 
 
@@ -162,12 +188,13 @@ def pinned_target(
 
     pinned_bucket, keymap = pinned_keymap(manifest)
     dest = resolve_target(manifest, bucket, endpoint_url, no_sign_request)
-    if dest.target.bucket != pinned_bucket:
-        raise UsageError(
-            f"{manifest.path} mirrors to s3://{pinned_bucket}, not s3://{dest.target.bucket}"
+    if dest.target.bucket != pinned_bucket:  # another mirror's db: exit 3, as upload says
+        raise StateError(
+            f"{manifest.path} mirrors to s3://{pinned_bucket}, not s3://{dest.target.bucket}; "
+            "use another --db for another target"
         )
     if dest.prefix != keymap.prefix:
-        raise UsageError(
+        raise StateError(
             f"{manifest.path} mirrors to s3://{pinned_bucket}/{keymap.prefix}/, "
             f"not s3://{pinned_bucket}/{dest.prefix}/"
         )
@@ -175,12 +202,19 @@ def pinned_target(
 
 
 def make_target(bucket: str, endpoint_url: str | None, no_sign_request: bool) -> tuple:
-    """Build the S3Target for the options; returns (target, prefix given in the URL)."""
+    """Build the S3Target for the options; returns (target, prefix given in the URL or None).
+
+    The bucket URL and the endpoint (given, or from the environment) are checked here,
+    before any command opens its db, so a malformed one is a single line and exit 2.
+    """
+    from desimirror.s3client import endpoint_url as resolved_endpoint
+    from desimirror.s3client import parse_bucket_url
     from desimirror.transfer import S3Target
 
-    name, url_prefix = parse_bucket(bucket)
+    name, url_prefix = parse_bucket_url(bucket)
     target = S3Target(bucket=name, endpoint_url=endpoint_url, no_sign_request=no_sign_request)
-    return target, url_prefix
+    resolved_endpoint(target)  # raises UsageError for a malformed one
+    return target, url_prefix or None
 
 
 def finish(report: dict[str, Any], json_output: bool, lines: list[str]) -> None:

@@ -9,9 +9,9 @@ import click
 
 from desimirror.access.config import load_config, unsigned_default
 from desimirror.access.jupyter import JupyterOptions, find_jupyter, run
-from desimirror.access.mount import parse_bucket_url
-from desimirror.cli.mount import s3_options
+from desimirror.cli.mount import ENDPOINT_ENV, s3_options
 from desimirror.errors import UsageError
+from desimirror.s3client import check_endpoint_url, parse_bucket_url
 
 
 @click.command("jupyter", context_settings={"ignore_unknown_options": True})
@@ -112,7 +112,9 @@ def command(
     if local and bucket:
         raise UsageError("give either --local DIR or --bucket s3://..., not both")
     chosen_bucket = bucket or cfg.bucket
-    endpoint = endpoint_url or cfg.endpoint_url
+    endpoint = check_endpoint_url(endpoint_url) or check_endpoint_url(
+        cfg.endpoint_url, ENDPOINT_ENV
+    )
     if no_sign_request is None:
         no_sign_request = (
             unsigned_default(parse_bucket_url(chosen_bucket)[0], endpoint)

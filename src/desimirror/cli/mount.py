@@ -7,10 +7,14 @@ from pathlib import Path
 import click
 
 from desimirror.access.config import load_config, unsigned_default
-from desimirror.access.mount import mount_bucket, mount_local, parse_bucket_url, unmount
+from desimirror.access.mount import mount_bucket, mount_local, unmount
 from desimirror.cli.common import SIZE
 from desimirror.errors import UsageError
+from desimirror.s3client import check_endpoint_url, parse_bucket_url
 from desimirror.units import format_size
+
+#: Where the access commands read an endpoint from when --endpoint-url is not given.
+ENDPOINT_ENV = "$DESIMIRROR_ENDPOINT_URL or $AWS_ENDPOINT_URL"
 
 
 def s3_options(func):
@@ -73,6 +77,7 @@ def command(
     """Mount s3://BUCKET[/PREFIX] read-only at MOUNTPOINT with a bounded cache: a read
     downloads only the byte ranges it touches. With --local DIR, give only MOUNTPOINT."""
     cfg = load_config()
+    check_endpoint_url(endpoint_url)
     if local is not None:
         if mountpoint is not None or source is None:
             raise UsageError("with --local DIR give only the MOUNTPOINT")
@@ -86,7 +91,7 @@ def command(
         return
     if source is None or mountpoint is None:
         raise UsageError("usage: desimirror mount s3://BUCKET[/PREFIX] MOUNTPOINT")
-    endpoint = endpoint_url or cfg.endpoint_url
+    endpoint = endpoint_url or check_endpoint_url(cfg.endpoint_url, ENDPOINT_ENV)
     bucket, _ = parse_bucket_url(source)
     if no_sign_request is None:
         no_sign_request = unsigned_default(bucket, endpoint)

@@ -8,6 +8,7 @@ from desimirror.cli.common import db_option, finish, json_option
 from desimirror.manifest import Manifest
 from desimirror.progress import Throughput, describe_rate
 from desimirror.status import mirror_status
+from desimirror.storehealth import health_text, validation_text
 from desimirror.text import plural, shown
 from desimirror.units import format_size
 from desimirror.writelock import reader_warning
@@ -48,6 +49,7 @@ def _lines(r: dict) -> list[str]:
         )
     if r["gone_files"]:
         lines.append(f"gone     {_count(r['gone_files'])} mirrored earlier, gone from the source")
+    lines.extend(_store_lines(r.get("store") or {}))
     for failure in r["failures"][:5]:
         lines.append(f"  {shown(failure['path'])}: {_one_line(failure['error'])}")
     if r["bytes_per_second"]:
@@ -74,3 +76,15 @@ def _count(files: int) -> str:
 def _one_line(text: str) -> str:
     """An error message as one status line (it may quote a name with a newline)."""
     return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _store_lines(store: dict) -> list[str]:
+    """What the store answered in the last upload, and whether it checked checksums."""
+    lines = []
+    health = store.get("health")
+    text = health_text(health) if health else None
+    if text:
+        lines.append(f"store    {text}")
+    if store.get("validation"):
+        lines.append(f"store    {validation_text(store['validation'])}")
+    return lines

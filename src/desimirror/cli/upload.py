@@ -7,6 +7,7 @@ import shlex
 import click
 
 from desimirror.cli.common import (
+    DURATION,
     SIZE,
     db_option,
     finish,
@@ -91,6 +92,14 @@ MiB = 1 << 20
     show_default=True,
     help="Multipart part size (whole MiB, at least 5 MiB); files above it go in parts.",
 )
+@click.option(
+    "--give-up-after",
+    type=DURATION,
+    default="300s",
+    show_default=True,
+    help="Stop with exit 4 when the store has answered nothing but failures this long "
+    "(e.g. a full disk, a dead server); what was confirmed stays done.",
+)
 @json_option
 def command(
     db: str,
@@ -107,6 +116,7 @@ def command(
     adopt: str,
     delete: bool,
     part_size: int,
+    give_up_after: float,
     json_output: bool,
 ) -> None:
     """Upload pending files batch by batch; run it again to resume after any stop.
@@ -142,6 +152,7 @@ def command(
             adopt=adopt,
             delete=delete,
             part_size=part_size,
+            give_up_after=give_up_after,
         )
         set_resume_command(_resume_argv(db, options, pinned=dest.pinned))
         try:

@@ -129,6 +129,8 @@ def _lines(r: VerifyReport) -> list[str]:
     for problem in ("missing", "differ", "corrupt", "unproven", "changed", "unexpected"):
         for key in r.examples.get(problem, [])[:5]:
             lines.append(f"  {problem}: {shown(key)}")
+    if r.store_validation:
+        lines.append(f"note: at upload, {r.store_validation}")
     if r.returned_to_pending:
         lines.append(
             f"{plural(r.returned_to_pending, 'file')} returned to pending: run upload again"

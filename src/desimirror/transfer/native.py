@@ -21,6 +21,12 @@ and every file is read once:
   never becomes an object. The result carries the part size and the parts' digests, from
   which the object's COMPOSITE checksum (``base64(sha256(part digests))-N``) is recomputed.
   At most ``multipart_concurrency`` parts are held in memory across all large files.
+* A store may accept a checksum without checking it and return none (Ceph radosgw 16
+  does). Until the store has been seen returning checksums, the same read also computes
+  MD5s, and an object the store returned no checksum for is proven by its ETag instead
+  (``proof="etag"``: the MD5 of the bytes, or ``md5(part md5s)-N``); an ETag that is an
+  MD5 of other bytes fails the file. :meth:`NativeBackend.validation_note` tells the
+  uploader how many files the store did not check, so the run says so.
 
 Concurrency adapts: each file transfer holds a slot of :attr:`NativeBackend.concurrency`,
 and every throttling answer botocore sees (also those it retries itself) lowers the limit.
@@ -34,8 +40,10 @@ import contextlib
 import hashlib
 import os
 import random
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
@@ -47,9 +55,12 @@ from desimirror.checksums import (
     composite_sha256,
     hash_stream,
     hex_of_b64,
+    multipart_etag,
+    same_composite,
 )
 from desimirror.s3client import (
     describe_error,
+    endpoint_url,
     error_code,
     is_throttle,
     make_client,
@@ -63,6 +74,8 @@ from desimirror.transfer.base import S3Target, TransferItem, TransferResult
 MiB = 1 << 20
 _MAX_KEY_BYTES = 1024
 _DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
+#: An ETag that is an MD5 (single part) or a multipart MD5 (``...-N``): comparable.
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 
 
 class _Refused(Exception):
@@ -110,6 +123,11 @@ class NativeBackend:
         self._pool: ThreadPoolExecutor | None = None
         self._parts: ThreadPoolExecutor | None = None
         self._part_slots: threading.BoundedSemaphore | None = None
+        #: Whether the store returns the checksums it was sent, per kind of upload ("single",
+        #: "multipart"): None until seen. While not known to, MD5s are computed on the read,
+        #: so that the ETag can prove the content instead.
+        self._store_checks: dict[str, bool | None] = {"single": None, "multipart": None}
+        self._unvalidated: Counter[str] = Counter()  # proof of files the store did not check
 
     def _start(self) -> tuple[ThreadPoolExecutor, Any]:
         """The pools and the client, built on first use (cheap constructor)."""
@@ -220,7 +238,7 @@ class NativeBackend:
     def _put_small(self, item: TransferItem, client: Any) -> TransferResult:
         with _open(item) as stream:
             _check_size(os.fstat(stream.fileno()).st_size, item)
-            reader = HashingReader(stream, item.size)
+            reader = HashingReader(stream, item.size, md5=self._wants_md5("single"))
             try:
                 response = client.put_object(
                     Bucket=self.target.bucket, Key=item.key, Body=reader, **self.extra_args(item)
@@ -232,6 +250,7 @@ class NativeBackend:
                 raise
             sent = reader.hexdigest()
             recheck_fd(stream.fileno(), item.signature)
+            sent_md5 = reader.md5_hexdigest()  # None unless asked for (and before closing)
         stored = hex_of_b64(response.get("ChecksumSHA256") or "")
         if item.sha256 and sent is not None and sent != item.sha256:
             # a store that does not check checksums took bytes that differ from the release
@@ -239,9 +258,59 @@ class NativeBackend:
         digest = item.sha256 or sent or stored
         if stored is not None and digest is not None and stored != digest:
             raise RuntimeError(f"the store reports SHA-256 {stored}, the file has {digest}")
-        proof = "sha256" if stored is not None else "none"
         etag = strip_etag(response.get("ETag"))
+        if stored is not None:
+            self._saw_checksum("single")
+            proof = "sha256"
+        else:
+            md5 = sent_md5 or self._reread(item).etag
+            proof = self._etag_proof("single", etag, md5)
         return TransferResult(item, ok=True, etag=etag, sha256=digest, proof=proof)
+
+    # -- a store that returns no checksum -------------------------------------------------
+
+    def _wants_md5(self, kind: str) -> bool:
+        return self._store_checks[kind] is not True
+
+    def _saw_checksum(self, kind: str) -> None:
+        self._store_checks[kind] = True
+
+    def _reread(self, item: TransferItem) -> Any:
+        """The file's digests from a second read: only when a store that returned checksums
+        stops doing so (the first read computed no MD5 then)."""
+        with _open(item) as stream:
+            return hash_stream(stream, max(self.multipart_chunksize, 1))
+
+    def _etag_proof(self, kind: str, etag: str, expected: str) -> str:
+        """The proof of an object whose store returned no checksum (radosgw ignores them):
+        its ETag must be the MD5 (or multipart MD5) computed from the same read."""
+        if etag == expected:
+            proof = "etag"
+        elif _MD5_ETAG.match(etag):
+            raise RuntimeError(
+                f"the store returned no checksum, and its ETag {etag} is not {expected}, "
+                "the MD5 of the bytes sent"
+            )
+        else:
+            proof = "none"  # e.g. an encrypted object: its ETag is no MD5
+        with self._lock:
+            self._store_checks[kind] = self._store_checks[kind] or False
+            self._unvalidated[proof] += 1
+        return proof
+
+    def validation_note(self) -> dict[str, object] | None:
+        """None if the store returned a checksum for every file sent; else what proved the
+        files it did not check (see :func:`desimirror.storehealth.validation_text`)."""
+        with self._lock:
+            counts = dict(self._unvalidated)
+        if not counts:
+            return None
+        return {
+            "endpoint": endpoint_url(self.target),
+            "files": sum(counts.values()),
+            "proven_by": counts,
+            "at": time.time(),
+        }
 
     def _raise_if_corrupt(self, item: TransferItem, sent: str | None) -> None:
         """After a digest refusal: is the file itself wrong, or were bytes damaged on the way?
@@ -266,7 +335,7 @@ class NativeBackend:
             )
             upload_id = created["UploadId"]
             try:
-                parts, whole = self._send_parts(stream, item, client, upload_id)
+                parts, whole, md5s = self._send_parts(stream, item, client, upload_id)
                 # a file rewritten in place while its parts were read (its mtime set back
                 # or not) would make a torn object: never completed
                 recheck_fd(stream.fileno(), item.signature)
@@ -285,26 +354,37 @@ class NativeBackend:
         digests = tuple(p["ChecksumSHA256"] for p in parts)
         composite = composite_sha256(digests)
         stored = head.get("ChecksumSHA256") or done.get("ChecksumSHA256")
-        if stored and stored != composite:
-            raise RuntimeError(f"the store reports checksum {stored}, the parts give {composite}")
+        etag = strip_etag(head.get("ETag") or done.get("ETag"))
+        if stored:
+            if not same_composite(stored, composite):
+                raise RuntimeError(
+                    f"the store reports checksum {stored}, the parts give {composite}"
+                )
+            self._saw_checksum("multipart")
+            proof = "composite"
+        else:
+            expected = multipart_etag(md5s) if md5s else self._reread(item).etag
+            proof = self._etag_proof("multipart", etag, expected)
         return TransferResult(
             item,
             ok=True,
-            etag=strip_etag(head.get("ETag") or done.get("ETag")),
+            etag=etag,
             sha256=whole,
             part_size=self.multipart_chunksize,
             parts=digests,
-            proof="composite" if stored else "none",
+            proof=proof,
         )
 
     def _send_parts(
         self, stream: Any, item: TransferItem, client: Any, upload_id: str
-    ) -> tuple[list[dict[str, Any]], str]:
-        """Read the file once, in order; send its parts concurrently; (parts, whole SHA-256)."""
+    ) -> tuple[list[dict[str, Any]], str, list[bytes]]:
+        """Read the file once, in order; send its parts concurrently; (parts, whole SHA-256,
+        the parts' MD5s while the store is not known to return checksums)."""
         parts_pool, slots = self._parts, self._part_slots
         assert parts_pool is not None
         assert slots is not None
         whole = hashlib.sha256()
+        md5s: list[bytes] | None = [] if self._wants_md5("multipart") else None
         failed = threading.Event()
         futures: list[Future] = []
         total = 0
@@ -323,6 +403,8 @@ class NativeBackend:
                     break
                 total += len(data)
                 whole.update(data)
+                if md5s is not None:
+                    md5s.append(hashlib.md5(data).digest())
                 digest = hashlib.sha256(data).digest()
                 futures.append(
                     parts_pool.submit(
@@ -351,7 +433,7 @@ class NativeBackend:
             raise
         if total != item.size:
             raise _Changed(f"read {total} bytes, expected {item.size}: file changed")
-        return parts, whole.hexdigest()
+        return parts, whole.hexdigest(), md5s or []
 
     def _send_part(
         self,
@@ -451,7 +533,9 @@ def _check_key(key: str) -> None:
         # many S3 stores (SeaweedFS among them) keep such keys as empty directory markers
         raise _Refused("a key ending in '/' names a directory, not a file")
     if size > _MAX_KEY_BYTES:
-        raise _Refused(f"the key is {size} bytes long; S3 allows {_MAX_KEY_BYTES}")
+        raise _Refused(
+            f"the key is {size} bytes long; S3 allows {_MAX_KEY_BYTES} (KeyTooLongError)"
+        )
 
 
 def _check_size(actual: int, item: TransferItem) -> None:
