@@ -1,11 +1,11 @@
 """Measure what reading through the access paths costs: bytes from the server, and time.
 
-The byte counts come from :class:`desimirror.relay.CountingProxy`, a TCP relay on
+The byte counts come from :class:`desimirror.dev.relay.CountingProxy`, a TCP relay on
 127.0.0.1 between the client and the S3 server that counts what crossed the network.
 :func:`run_access_bench` writes one FITS file of the requested size (a real primary header
 and a data unit of zeros) to an embedded SeaweedFS, then times and counts, side by side:
 the primary header and the whole file through the FUSE mount (cold, then warm), through
-:mod:`desimirror.data` (cold block cache, warm), and a plain full download with boto3.
+:mod:`desimirror.access.data` (cold block cache, warm), and a plain full download with boto3.
 ``make bench`` runs it (or ``python bench/access_bench.py``) and prints a table.
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from desimirror.relay import CountingProxy
-from desimirror.synth import write_large_fits
+from desimirror.dev.relay import CountingProxy
+from desimirror.dev.synth import write_large_fits
 
 
 @dataclass
@@ -71,10 +71,10 @@ def run_access_bench(size: int = 300 * 10**6, workdir: Path | None = None) -> Be
     import boto3
     from astropy.io import fits
 
-    from desimirror import data
+    from desimirror.access import data
     from desimirror.access.config import load_config
     from desimirror.access.mount import mount_bucket, stop
-    from desimirror.s3server import SeaweedServer
+    from desimirror.dev.s3server import SeaweedServer
 
     with tempfile.TemporaryDirectory(prefix="desimirror-access-bench-", dir=workdir) as tmp:
         root = Path(tmp)
@@ -136,9 +136,9 @@ def run_access_bench(size: int = 300 * 10**6, workdir: Path | None = None) -> Be
                             while f.read(8 << 20):
                                 pass
 
-                    bench.time(proxy, "desimirror.data", "header (cold)", header)
-                    bench.time(proxy, "desimirror.data", "full read (cold)", whole)
-                    bench.time(proxy, "desimirror.data", "full read (warm)", whole)
+                    bench.time(proxy, "desimirror.access.data", "header (cold)", header)
+                    bench.time(proxy, "desimirror.access.data", "full read (cold)", whole)
+                    bench.time(proxy, "desimirror.access.data", "full read (warm)", whole)
                     bench.time(
                         proxy,
                         "data.local_path",

@@ -41,7 +41,7 @@ import boto3
 from botocore.config import Config
 
 from desimirror.binaries import find_binary
-from desimirror.s3server import SeaweedServer
+from desimirror.dev.s3server import SeaweedServer
 
 # desimirror's default --workers; every peer gets the same concurrency so that the
 # comparison is between engines, not between defaults.

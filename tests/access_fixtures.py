@@ -34,9 +34,9 @@ from access_helpers import (
     make_table,
 )
 from desimirror.access.mount import find_mount, unmount
-from desimirror.relay import CountingProxy
-from desimirror.s3server import SeaweedServer
-from desimirror.synth import write_large_fits
+from desimirror.dev.relay import CountingProxy
+from desimirror.dev.s3server import SeaweedServer
+from desimirror.dev.synth import write_large_fits
 from helpers import S3Endpoint
 
 

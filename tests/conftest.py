@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from desimirror.s3server import SeaweedServer
+from desimirror.dev.s3server import SeaweedServer
 from faultproxy import FaultProxy
 from helpers import S3Endpoint
 

@@ -1,4 +1,4 @@
-"""``desimirror.data``: the release from Python with no mount, read unsigned from a real S3.
+"""``desimirror.access.data``: the release from Python with no mount, read unsigned from a real S3.
 
 Byte counts are taken at a counting relay in front of SeaweedFS: what the server sent.
 """
@@ -14,10 +14,10 @@ from astropy.io import fits
 from astropy.table import Table
 
 from access_helpers import COADD, RAW, TARGETS, ReleaseBucket, make_table
-from desimirror import data
+from desimirror.access import data
 from desimirror.access.config import AccessConfig, load_config
+from desimirror.dev.relay import CountingProxy
 from desimirror.errors import UsageError
-from desimirror.relay import CountingProxy
 
 pytest_plugins = ["access_fixtures"]
 pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("fresh_fsspec")]

@@ -293,7 +293,7 @@ def test_jupyter_refuses_unsafe_or_wrong_options(
 
 def test_kernels_get_the_data_model_and_desimirror_settings(tmp_path: Path) -> None:
     """What a notebook sees: $DESI_ROOT and friends, and the DESIMIRROR_* settings that
-    make desimirror.data read the same bucket (the --no-mount way); the token is not in
+    make desimirror.access.data read the same bucket (the --no-mount way); the token is not in
     the command line."""
     from desimirror.access.env import data_model_env
     from desimirror.access.jupyter import JupyterOptions, jupyter_argv, jupyter_env, server_url

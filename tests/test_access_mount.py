@@ -26,7 +26,7 @@ from astropy.io import fits
 
 from access_helpers import COADD, RAW, TARGETS, ReleaseBucket, needs_fuse
 from desimirror.access.mount import find_mount, load_record, mount_bucket, stop
-from desimirror.relay import CountingProxy
+from desimirror.dev.relay import CountingProxy
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 
 pytest_plugins = ["access_fixtures"]
@@ -323,7 +323,7 @@ def test_bad_input_gets_one_clear_line(
     assert_clean_error(
         run_cli(*mount, endpoint, url, str(mp), env=no_fuse),
         "--device /dev/fuse",
-        "desimirror.data",
+        "desimirror.access.data",
     )
     assert_clean_error(run_cli("unmount", str(mp), env=access_env), "is not mounted")
     cleanup_mounts.append(mp)
@@ -367,7 +367,7 @@ def test_no_permission_on_dev_fuse_names_the_fix(tmp_path: Path) -> None:
         pytest.skip("the venv is not readable by user nobody on this machine")
     if "Permission denied" in proc.stderr and "desimirror: error" not in proc.stderr:
         pytest.skip("the venv is not readable by user nobody on this machine")
-    assert_clean_error(proc, "no permission to open /dev/fuse", "desimirror.data")
+    assert_clean_error(proc, "no permission to open /dev/fuse", "desimirror.access.data")
 
 
 def test_client_command_lines_hold_no_secrets(tmp_path: Path) -> None:

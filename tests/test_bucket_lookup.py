@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from desimirror.bucket import ObjectLookup
+from desimirror.storage.lookup import ObjectLookup
 
 pytestmark = pytest.mark.s3
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import desimirror.crawl
-from desimirror.crawl import _Concurrency, crawl, resolve_root, scan_directory
+import desimirror.pipeline.crawl
 from desimirror.errors import StateError, UsageError
-from desimirror.manifest import Entry, Manifest
+from desimirror.pipeline.crawl import _Concurrency, crawl, resolve_root, scan_directory
+from desimirror.state.manifest import Entry, Manifest
 from helpers import SHARED, assert_clean_error, run_cli
 
 FIND_PY = SHARED / "peers" / "desi-aws" / "find.py"
@@ -202,7 +202,7 @@ def test_entries_that_vanish_between_listing_and_stat(
             os.unlink(os.path.join(directory, "dir", "inner.fits"))
             os.rmdir(os.path.join(directory, "dir"))
 
-    monkeypatch.setattr(desimirror.crawl, "before_stat", delete)
+    monkeypatch.setattr(desimirror.pipeline.crawl, "before_stat", delete)
     summary = crawl(root, manifest, workers=2)
     assert set(rows(manifest)) == {"", "sub", "sub/kept.fits"}
     assert sorted(summary.error_examples) == [
@@ -414,7 +414,7 @@ NOBODY = 65534
 _AS_NOBODY = """
 import os, sys
 import concurrent.futures.thread, sqlite3, json
-import desimirror.cli, desimirror.crawl, desimirror.treejson
+import desimirror.cli, desimirror.pipeline.crawl, desimirror.pipeline.findjson
 os.setgroups([]); os.setgid({uid}); os.setuid({uid})
 desimirror.cli.main(sys.argv[1:])
 """

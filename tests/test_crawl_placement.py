@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from desimirror import executors
 from desimirror.errors import UsageError
+from desimirror.pipeline import executors
 from helpers import assert_clean_error, run_cli
 
 

@@ -2,7 +2,7 @@
 
 Every case ends the same way: the crawl finishes, records what it could, and records an
 error with the path for what it could not; ``status`` and the crawl summary count them.
-Races are provoked deterministically through :data:`desimirror.crawl.before_stat`, the
+Races are provoked deterministically through :data:`desimirror.pipeline.crawl.before_stat`, the
 moment between listing a directory and stat'ing its entries.
 """
 
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
-import desimirror.crawl
-from desimirror.crawl import crawl, resolve_root, scan_directory
+import desimirror.pipeline.crawl
 from desimirror.errors import StateError
-from desimirror.manifest import Entry, Manifest
-from desimirror.treejson import export_tree_json
+from desimirror.pipeline.crawl import crawl, resolve_root, scan_directory
+from desimirror.pipeline.findjson import export_tree_json
+from desimirror.state.manifest import Entry, Manifest
 from helpers import run_cli
 
 NOBODY = 65534
@@ -210,7 +210,7 @@ def test_entries_that_vanish_or_change_during_the_crawl(
             assert sorted(names) == ["busy", "later"]
             shutil.rmtree(root / "later")  # listed, gone before it is stat'ed
 
-    monkeypatch.setattr(desimirror.crawl, "before_stat", change)
+    monkeypatch.setattr(desimirror.pipeline.crawl, "before_stat", change)
     summary = crawl(root, manifest, workers=4)
     got = all_rows(manifest)
     assert set(got) == {
@@ -251,14 +251,14 @@ def test_a_directory_replaced_after_it_was_stat_ed(
             os.rename(root / "sub", tmp_path / "moved")
             os.symlink(outside, root / "sub")
 
-    monkeypatch.setattr(desimirror.crawl, "before_stat", swap)
+    monkeypatch.setattr(desimirror.pipeline.crawl, "before_stat", swap)
     # the root's own listing triggers the swap before "sub" is stat'ed: it is a link now
     summary = crawl(root, manifest)
     assert manifest.get("sub").kind == "link"
     assert manifest.get("sub/secret.fits") is None
     assert summary.bytes == 0
     # and when the swap comes after the lstat: the listing refuses the link
-    monkeypatch.setattr(desimirror.crawl, "before_stat", None)
+    monkeypatch.setattr(desimirror.pipeline.crawl, "before_stat", None)
     tree = resolve_root(root)
     os.unlink(root / "sub")
     os.rename(tmp_path / "moved", root / "sub")
@@ -289,7 +289,7 @@ def test_a_failing_stat_is_one_error_not_a_dead_crawl(
             raise OSError(errno.EIO, "Input/output error")
         return real_stat(path, *args, **kwargs)
 
-    monkeypatch.setattr(desimirror.crawl.os, "stat", flaky)
+    monkeypatch.setattr(desimirror.pipeline.crawl.os, "stat", flaky)
     summary = crawl(root, manifest)
     monkeypatch.undo()
     assert summary.error_examples == [("a/bad.fits", "cannot stat: Input/output error")]
@@ -403,7 +403,8 @@ def test_names_with_newlines_quotes_backslashes_and_bad_bytes(
 
 _AS_NOBODY = """
 import os, sys
-import desimirror.cli, desimirror.crawl, desimirror.treejson, desimirror.status
+import desimirror.cli, desimirror.pipeline.crawl, desimirror.pipeline.findjson
+import desimirror.pipeline.status
 os.setgroups([]); os.setgid({uid}); os.setuid({uid})
 desimirror.cli.main(sys.argv[1:])
 """
@@ -487,7 +488,7 @@ def test_a_failing_writer_fails_the_crawl_cleanly(
     def broken(*_: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(desimirror.crawl, "_write_batch", broken)  # the fork inherits it
+    monkeypatch.setattr(desimirror.pipeline.crawl, "_write_batch", broken)  # the fork inherits it
     with pytest.raises(StateError, match="database or disk is full"):
         crawl(root, manifest)
     monkeypatch.undo()
@@ -500,8 +501,8 @@ def test_a_failing_writer_fails_the_crawl_cleanly(
 
 _KILLED_MID_CRAWL = """
 import os, signal, sys
-import desimirror.crawl as c
-from desimirror.manifest import Manifest
+import desimirror.pipeline.crawl as c
+from desimirror.state.manifest import Manifest
 seen = []
 def die(directory, names):
     seen.append(directory)

@@ -216,7 +216,7 @@ def test_a_file_modified_while_its_put_is_in_flight_is_not_recorded(
 WRITER = textwrap.dedent(
     """
     import sys
-    from desimirror.manifest import Manifest, UploadRecord
+    from desimirror.state.manifest import Manifest, UploadRecord
     manifest = Manifest.open(sys.argv[1], create=True)
     n = 0
     while True:
@@ -367,8 +367,8 @@ def test_secrets_never_reach_output_state_or_reports(
 
 def test_s5cmd_error_lines_lose_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """s5cmd's own error text goes through the same redaction as boto3's."""
-    from desimirror.transfer import S3Target, TransferItem
-    from desimirror.transfer.s5cmd import _Book
+    from desimirror.storage.transfer import S3Target, TransferItem
+    from desimirror.storage.transfer.s5cmd import _Book
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE1234")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t/Value+xyz")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-import desimirror.treejson as treejson
-from desimirror.manifest import Manifest
-from desimirror.treejson import import_tree_json
+import desimirror.pipeline.findjson as treejson
+from desimirror.pipeline.findjson import import_tree_json
+from desimirror.state.manifest import Manifest
 from helpers import DESIMIRROR, SHARED, assert_clean_error, run_cli
 from integrity_helpers import rows
 from integrity_helpers import upload as upload_cli

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from desimirror.checksums import (
+from desimirror.integrity.checksums import (
     HashingReader,
     composite_sha256,
     guess_part_sizes,
     hash_stream,
     parse_sha256sum,
 )
-from desimirror.manifest import Manifest
-from desimirror.publish import read_manifest
-from desimirror.throttle import Concurrency
+from desimirror.pipeline.publish import read_manifest
+from desimirror.state.manifest import Manifest
+from desimirror.storage.throttle import Concurrency
 from helpers import assert_clean_error, run_cli
 from integrity_helpers import (
     LISTING,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from desimirror.errors import UsageError
-from desimirror.keys import KeyMap, first_collision
+from desimirror.storage.keys import KeyMap, first_collision
 from desimirror.units import format_size, parse_size
 
 SEED_RULES = ("edr/spectro/data=raw_spectro_data", "edr/target=target")

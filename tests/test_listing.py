@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from desimirror.errors import RemoteError
-from desimirror.listing import list_tree
-from desimirror.s3client import list_objects, make_client
-from desimirror.transfer import S3Target
+from desimirror.storage.listing import list_tree
+from desimirror.storage.s3client import list_objects, make_client
+from desimirror.storage.transfer import S3Target
 
 pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("cli_env")]  # credentials
 

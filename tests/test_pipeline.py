@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from desimirror.keys import KeyMap
-from desimirror.manifest import Entry, Manifest
-from desimirror.upload import _chunks, _Job
+from desimirror.pipeline.upload import _chunks, _Job
+from desimirror.state.manifest import Entry, Manifest
+from desimirror.storage.keys import KeyMap
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 
 pytestmark = pytest.mark.s3

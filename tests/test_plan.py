@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from desimirror.errors import UsageError
-from desimirror.manifest import Entry, Manifest
-from desimirror.plan import (
+from desimirror.pipeline.plan import (
     Batch,
     Limits,
     Node,
@@ -30,6 +29,7 @@ from desimirror.plan import (
     store_plan,
     write_batch_json,
 )
+from desimirror.state.manifest import Entry, Manifest
 from helpers import assert_clean_error, run_cli
 
 ROOT = "/data/public/edr"

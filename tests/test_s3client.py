@@ -10,7 +10,7 @@ from botocore import UNSIGNED
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from desimirror.errors import RemoteError
-from desimirror.s3client import (
+from desimirror.storage.s3client import (
     check_bucket,
     describe_error,
     endpoint_url,
@@ -18,7 +18,7 @@ from desimirror.s3client import (
     list_objects,
     make_client,
 )
-from desimirror.transfer import S3Target
+from desimirror.storage.transfer import S3Target
 
 
 @pytest.fixture

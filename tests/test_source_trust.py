@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from desimirror.errors import IncompleteError
-from desimirror.manifest import Manifest
-from desimirror.prehash import Prehasher
-from desimirror.sourcetree import SourceRefused, SourceTree
-from desimirror.transfer import S3Target
-from desimirror.transfer.native import NativeBackend
-from desimirror.upload import UploadOptions, upload
+from desimirror.integrity.prehash import Prehasher
+from desimirror.integrity.sourcetree import SourceRefused, SourceTree
+from desimirror.pipeline.upload import UploadOptions, upload
+from desimirror.state.manifest import Manifest
+from desimirror.storage.transfer import S3Target
+from desimirror.storage.transfer.native import NativeBackend
 from helpers import run_cli
 from integrity_helpers import MiB, prepare, rows, uploads
 from integrity_helpers import upload as upload_cli
@@ -248,7 +248,7 @@ def test_bytes_s5cmd_read_from_a_file_swapped_after_the_last_check_do_not_stay(
     before s5cmd opens it. The ETag comparison catches the other bytes, and the object that
     holds them is deleted rather than left in the bucket."""
     _, victim, db = _one_file_release(tmp_path)
-    import desimirror.upload as uploader
+    import desimirror.pipeline.upload as uploader
 
     real_check = uploader._check_source
     calls = []

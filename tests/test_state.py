@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from desimirror import schema
 from desimirror.errors import StateError, UsageError
-from desimirror.manifest import Entry, Manifest, UploadRecord
+from desimirror.state import schema
+from desimirror.state.manifest import Entry, Manifest, UploadRecord
 
 
 @pytest.fixture

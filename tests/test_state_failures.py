@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from desimirror.errors import StateError, sqlite_failure
-from desimirror.manifest import Manifest, UploadRecord
+from desimirror.state.manifest import Manifest, UploadRecord
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 from integrity_helpers import count_files, make_release, prepare, random_files, rows, upload
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from desimirror.progress import LineProgress
-from desimirror.storehealth import StoreHealth, health_text
+from desimirror.storage.health import StoreHealth, health_text
 from faultproxy import FaultProxy
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 from integrity_helpers import make_release, prepare, random_files, rows

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from desimirror.checksums import composite_sha256, same_composite, split_composite
 from desimirror.errors import UsageError
-from desimirror.keys import KeyMap, first_collision
-from desimirror.s3client import check_endpoint_url, one_line, parse_bucket_url
+from desimirror.integrity.checksums import composite_sha256, same_composite, split_composite
+from desimirror.storage.keys import KeyMap, first_collision
+from desimirror.storage.s3client import check_endpoint_url, one_line, parse_bucket_url
 from faultproxy import FaultProxy, sigv4_resigner
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 from integrity_helpers import (
@@ -255,9 +255,9 @@ def moto_s3(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_native_multipart_accepts_a_composite_without_its_part_count(moto_s3, tmp_path):
-    from desimirror.content import Candidate, ContentChecker
-    from desimirror.transfer import S3Target, TransferItem
-    from desimirror.transfer.native import NativeBackend
+    from desimirror.pipeline.proof import Candidate, ContentChecker
+    from desimirror.storage.transfer import S3Target, TransferItem
+    from desimirror.storage.transfer.native import NativeBackend
 
     data = bytes(range(256)) * (44 * 1024)  # 11 MiB: three parts of 5 MiB
     path = tmp_path / "big.fits"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from desimirror.dev.synth import ODD_NAMES, DirSpec, estimate, layout, synthesize
 from desimirror.errors import UsageError
-from desimirror.synth import ODD_NAMES, DirSpec, estimate, layout, synthesize
 from helpers import assert_clean_error, run_cli
 
 SMALL = 0.05

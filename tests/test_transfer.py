@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from desimirror import transfer
-from desimirror.s3server import SeaweedServer
-from desimirror.transfer import S3Target, TransferItem, TransferResult
-from desimirror.transfer.s5cmd import S5cmdBackend, _Book
+from desimirror.dev.s3server import SeaweedServer
+from desimirror.storage import transfer
+from desimirror.storage.transfer import S3Target, TransferItem, TransferResult
+from desimirror.storage.transfer.s5cmd import S5cmdBackend, _Book
 
 pytestmark = pytest.mark.s3
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and PR_SET_PDEATHSIG")
@@ -477,8 +477,8 @@ def test_kill_9_of_the_uploader_kills_s5cmd(black_hole, tmp_path):
         write(tmp_path / f"f{i}", b"abc")
     script = textwrap.dedent(
         f"""
-        from desimirror import transfer
-        from desimirror.transfer import S3Target, TransferItem
+        from desimirror.storage import transfer
+        from desimirror.storage.transfer import S3Target, TransferItem
         target = S3Target(bucket="hang", endpoint_url={black_hole!r})
         items = [TransferItem({str(tmp_path)!r} + f"/f{{i}}", f"k/f{{i}}", 3) for i in range(3)]
         list(transfer.get("s5cmd", target, 2).put_batch(items))

@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pytest
 
-import desimirror.treejson as treejson
+import desimirror.pipeline.findjson as treejson
 from desimirror.errors import StateError, UsageError
-from desimirror.manifest import Manifest
-from desimirror.treejson import export_tree_json, import_tree_json, iter_tree_json, write_tree_json
+from desimirror.pipeline.findjson import (
+    export_tree_json,
+    import_tree_json,
+    iter_tree_json,
+    write_tree_json,
+)
+from desimirror.state.manifest import Manifest
 from helpers import SHARED, assert_clean_error, run_cli
 
 EDR = SHARED / "data" / "edr-calibnight-find.json"

@@ -1,6 +1,6 @@
 """One writer per mirror: the write lock beside the state db (``mirror.db.lock``).
 
-The holder is a real process that takes the lock through :mod:`desimirror.writelock` and
+The holder is a real process that takes the lock through :mod:`desimirror.state.writelock` and
 sleeps; the second writer is the real ``desimirror`` command. Holders are stopped by PID.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from desimirror import writelock
 from desimirror.errors import StateError
-from desimirror.manifest import Manifest
+from desimirror.state import writelock
+from desimirror.state.manifest import Manifest
 from helpers import assert_clean_error, run_cli
 from integrity_helpers import rows
 
@@ -30,7 +30,7 @@ HOLDER = textwrap.dedent(
     import socket, sys, time
     if len(sys.argv) > 3:  # a holder on another node of a shared filesystem
         socket.gethostname = lambda: sys.argv[3]
-    from desimirror import writelock
+    from desimirror.state import writelock
     writelock.acquire(sys.argv[1], sys.argv[2])
     print("held", flush=True)
     time.sleep(600)

@@ -1,6 +1,6 @@
 """desimirror: mirror scientific data releases to S3, provably, and read them back on demand.
 
-The Python API for reading a mirrored release lives in :mod:`desimirror.data`; the
+The Python API for reading a mirrored release lives in :mod:`desimirror.access.data`; the
 pipeline stages (crawl, plan, upload, verify) are driven by the ``desimirror`` command.
 """
 

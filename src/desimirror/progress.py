@@ -5,7 +5,7 @@ bytes, rate and ETA; when stderr is piped, a plain line every few seconds and at
 phase; with ``--json``, nothing until the final report.
 
 Rate and ETA are computed by :func:`throughput` alone, for the bar and for ``desimirror
-status`` (:mod:`desimirror.status`), so the two agree at any moment: the average since the
+status`` (:mod:`desimirror.pipeline.status`), so the two agree at any moment: the average since the
 run began, and an ETA only once that average means something.
 While the object store fails, a second line says what it answers (:meth:`Progress.store`),
 so a store that refuses everything is not mistaken for a slow upload.
@@ -79,7 +79,7 @@ class Progress(Protocol):
     def advance(self, files: int = 0, nbytes: int = 0) -> None: ...
 
     def store(self, text: str | None) -> None:
-        """What the store answers while it fails (see :mod:`desimirror.storehealth`);
+        """What the store answers while it fails (see :mod:`desimirror.storage.health`);
         None once it works again."""
         ...
 

@@ -7,7 +7,7 @@
   or of a local copy, and their unmounting.
 - :mod:`desimirror.access.jupyter`: ``desimirror jupyter``, the container's entry point.
 
-Python access without a mount is :mod:`desimirror.data`.
+Python access without a mount is :mod:`desimirror.access.data`.
 """
 
 from desimirror.access.config import AccessConfig, load_config

@@ -1,6 +1,6 @@
 """Every ``DESIMIRROR_*`` setting of the access side, read in one place.
 
-The mount wrapper, the Jupyter launcher and :mod:`desimirror.data` all take their defaults
+The mount wrapper, the Jupyter launcher and :mod:`desimirror.access.data` all take their defaults
 from :func:`load_config`, which reads an environment *passed in* (``os.environ`` unless told
 otherwise) so that tests, and callers embedding desimirror, never have to patch globals.
 Command-line options override these values; nothing else reads the environment.

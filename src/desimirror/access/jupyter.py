@@ -127,7 +127,7 @@ def jupyter_env(
     opts: JupyterOptions | None = None,
 ) -> dict[str, str]:
     """The server's (and so every kernel's) environment: the data model variables, the
-    ``DESIMIRROR_*`` settings (so ``desimirror.data`` in a notebook reads the same bucket),
+    ``DESIMIRROR_*`` settings (so ``desimirror.access.data`` in a notebook reads the same bucket),
     and the token in ``JUPYTER_TOKEN``, where ``ps`` cannot see it."""
     env = dict(base)
     env.update(model)
@@ -236,11 +236,11 @@ def run(opts: JupyterOptions, *, environ: Mapping[str, str] | None = None) -> in
     opts.notebook_dir = notebook_dir
     if opts.no_mount:
         data, mounted = opts.data_dir.expanduser().absolute(), None
-        _say("no mount (--no-mount): read the data from Python with desimirror.data")
+        _say("no mount (--no-mount): read the data from Python with desimirror.access.data")
     else:
         data, mounted = prepare(opts)
         if mounted is None and find_mount(data) is None:
-            opts.local = data  # a local copy: desimirror.data in the notebooks reads it too
+            opts.local = data  # a local copy: desimirror.access.data in the notebooks reads it too
     try:
         release = normalize_release(opts.release, data)
         if not opts.no_mount and not (data / release).is_dir():

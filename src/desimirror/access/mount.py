@@ -40,11 +40,11 @@ from pathlib import Path
 from desimirror import processes
 from desimirror.binaries import find_binary
 from desimirror.errors import RemoteError, UsageError
-from desimirror.s3client import parse_bucket_url  # the one bucket-URL parser; re-exported
+from desimirror.storage.s3client import parse_bucket_url  # the one bucket-URL parser; re-exported
 
 RCLONE_REMOTE = "desimirror"
 NO_FUSE_HINT = (
-    "without FUSE, read the data from Python with desimirror.data (fsspec, no mount needed)"
+    "without FUSE, read the data from Python with desimirror.access.data (fsspec, no mount needed)"
 )
 
 

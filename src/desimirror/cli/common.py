@@ -92,7 +92,7 @@ def deprecated_json_file(
 
 def _checked_endpoint(ctx: click.Context, param: click.Parameter, value: str | None):
     """The endpoint option, refused in one line (naming where it came from) if malformed."""
-    from desimirror.s3client import check_endpoint_url
+    from desimirror.storage.s3client import check_endpoint_url
 
     from_env = ctx.get_parameter_source(param.name or "") == click.core.ParameterSource.ENVIRONMENT
     return check_endpoint_url(value, "$AWS_ENDPOINT_URL" if from_env else "--endpoint-url")
@@ -147,10 +147,10 @@ def resolve_target(
 
     Options that disagree with the pin are passed on as given, for the caller to refuse.
     """
-    from desimirror.s3client import endpoint_url as resolved_endpoint
-    from desimirror.s3client import parse_bucket_url
-    from desimirror.transfer import S3Target
-    from desimirror.upload import pinned_keymap
+    from desimirror.pipeline.upload import pinned_keymap
+    from desimirror.storage.s3client import endpoint_url as resolved_endpoint
+    from desimirror.storage.s3client import parse_bucket_url
+    from desimirror.storage.transfer import S3Target
 
     pinned_bucket, layout = None, None
     if manifest.get_meta("target") is not None:
@@ -184,7 +184,7 @@ def pinned_target(
 ) -> tuple[Any, Any]:
     """(target, key map) for commands that read a mirror (verify, manifest publish): the
     db's pinned target, which --bucket, if given, must name (with its prefix, if any)."""
-    from desimirror.upload import pinned_keymap
+    from desimirror.pipeline.upload import pinned_keymap
 
     pinned_bucket, keymap = pinned_keymap(manifest)
     dest = resolve_target(manifest, bucket, endpoint_url, no_sign_request)
@@ -207,9 +207,9 @@ def make_target(bucket: str, endpoint_url: str | None, no_sign_request: bool) ->
     The bucket URL and the endpoint (given, or from the environment) are checked here,
     before any command opens its db, so a malformed one is a single line and exit 2.
     """
-    from desimirror.s3client import endpoint_url as resolved_endpoint
-    from desimirror.s3client import parse_bucket_url
-    from desimirror.transfer import S3Target
+    from desimirror.storage.s3client import endpoint_url as resolved_endpoint
+    from desimirror.storage.s3client import parse_bucket_url
+    from desimirror.storage.transfer import S3Target
 
     name, url_prefix = parse_bucket_url(bucket)
     target = S3Target(bucket=name, endpoint_url=endpoint_url, no_sign_request=no_sign_request)

@@ -1,4 +1,4 @@
-"""``desimirror crawl``: record a tree in the state db; see :mod:`desimirror.crawl`.
+"""``desimirror crawl``: record a tree in the state db; see :mod:`desimirror.pipeline.crawl`.
 
 Also the seed's ``find.json`` both ways: ``--find-json FILE`` writes it after the crawl,
 and ``--from-json FILE`` loads one written by the original ``find.py`` instead of crawling.
@@ -11,13 +11,13 @@ import os
 import click
 
 from desimirror.cli.common import db_option, deprecated_json_file, emit_json
-from desimirror.crawl import DEFAULT_WORKERS, CrawlSummary, crawl, resolve_root
 from desimirror.errors import UsageError
-from desimirror.executors import crawl_placement
-from desimirror.manifest import Manifest
+from desimirror.pipeline.crawl import DEFAULT_WORKERS, CrawlSummary, crawl, resolve_root
+from desimirror.pipeline.executors import crawl_placement
+from desimirror.pipeline.findjson import export_tree_json, import_tree_json
 from desimirror.progress import for_terminal
+from desimirror.state.manifest import Manifest
 from desimirror.text import plural, shown
-from desimirror.treejson import export_tree_json, import_tree_json
 from desimirror.units import format_size
 
 # ``--json`` alone asks for the stdout report like every other command; ``--json PATH``

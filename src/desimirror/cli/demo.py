@@ -17,8 +17,8 @@ from pathlib import Path
 
 import click
 
+from desimirror.dev.s3server import SeaweedServer
 from desimirror.errors import DesimirrorError
-from desimirror.s3server import SeaweedServer
 from desimirror.units import format_size
 
 BUCKET = "desidata"

@@ -11,7 +11,7 @@ from desimirror.access.config import load_config, unsigned_default
 from desimirror.access.jupyter import JupyterOptions, find_jupyter, run
 from desimirror.cli.mount import ENDPOINT_ENV, s3_options
 from desimirror.errors import UsageError
-from desimirror.s3client import check_endpoint_url, parse_bucket_url
+from desimirror.storage.s3client import check_endpoint_url, parse_bucket_url
 
 
 @click.command("jupyter", context_settings={"ignore_unknown_options": True})
@@ -80,7 +80,7 @@ from desimirror.s3client import check_endpoint_url, parse_bucket_url
     "--no-mount",
     is_flag=True,
     help="Mount nothing (no FUSE here, e.g. a JupyterHub pod): notebooks read the bucket "
-    "with desimirror.data instead.",
+    "with desimirror.access.data instead.",
 )
 @click.argument("jupyter_args", nargs=-1, type=click.UNPROCESSED)
 def command(

@@ -6,8 +6,8 @@ import click
 
 from desimirror.cli.common import db_option, finish, json_option, pinned_target, target_options
 from desimirror.errors import DesimirrorError, UsageError
-from desimirror.manifest import Manifest
-from desimirror.published import sync_published
+from desimirror.integrity.published import sync_published
+from desimirror.state.manifest import Manifest
 from desimirror.units import format_size
 
 
@@ -66,7 +66,7 @@ def publish_command(
     directories and symlinks S3 cannot hold) and a JSON summary; see
     docs/manifest-format.md.
     """
-    from desimirror.publish import publish
+    from desimirror.pipeline.publish import publish
 
     with Manifest.open(db, writer="manifest publish") as manifest:
         target, keymap = pinned_target(manifest, bucket, endpoint_url, no_sign_request)

@@ -10,7 +10,7 @@ from desimirror.access.config import load_config, unsigned_default
 from desimirror.access.mount import mount_bucket, mount_local, unmount
 from desimirror.cli.common import SIZE
 from desimirror.errors import UsageError
-from desimirror.s3client import check_endpoint_url, parse_bucket_url
+from desimirror.storage.s3client import check_endpoint_url, parse_bucket_url
 from desimirror.units import format_size
 
 #: Where the access commands read an endpoint from when --endpoint-url is not given.

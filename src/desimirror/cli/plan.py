@@ -1,4 +1,5 @@
-"""``desimirror plan``: cut the crawled selection into upload batches (:mod:`desimirror.plan`)."""
+"""``desimirror plan``: cut the crawled selection into upload batches
+(:mod:`desimirror.pipeline.plan`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import click
 
 from desimirror.cli.common import SIZE, db_option, deprecated_json_file, emit_json
 from desimirror.errors import UsageError
-from desimirror.manifest import Manifest
-from desimirror.plan import (
+from desimirror.pipeline.plan import (
     DEFAULT_MIN_BATCH_SIZE,
     Batch,
     Limits,
@@ -17,6 +17,7 @@ from desimirror.plan import (
     summarize,
     write_batch_json,
 )
+from desimirror.state.manifest import Manifest
 from desimirror.text import plural
 from desimirror.units import format_size
 

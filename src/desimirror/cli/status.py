@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from desimirror.cli.common import db_option, finish, json_option
-from desimirror.manifest import Manifest
+from desimirror.pipeline.status import mirror_status
 from desimirror.progress import Throughput, describe_rate
-from desimirror.status import mirror_status
-from desimirror.storehealth import health_text, validation_text
+from desimirror.state.manifest import Manifest
+from desimirror.state.writelock import reader_warning
+from desimirror.storage.health import health_text, validation_text
 from desimirror.text import plural, shown
 from desimirror.units import format_size
-from desimirror.writelock import reader_warning
 
 
 @click.command("status")

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from desimirror.cli.common import finish, json_option
+from desimirror.dev.synth import synthesize
 from desimirror.errors import DesimirrorError
 from desimirror.progress import for_terminal
-from desimirror.synth import synthesize
 from desimirror.units import format_size
 
 

@@ -16,12 +16,12 @@ from desimirror.cli.common import (
     target_options,
 )
 from desimirror.errors import DesimirrorError, UsageError
-from desimirror.manifest import Manifest
+from desimirror.pipeline.upload import ADOPT_MODES, UploadOptions, UploadSummary, upload
 from desimirror.progress import for_terminal, set_resume_command
+from desimirror.state.manifest import Manifest
+from desimirror.storage.transfer import BACKENDS
 from desimirror.text import plural
-from desimirror.transfer import BACKENDS
 from desimirror.units import format_size
-from desimirror.upload import ADOPT_MODES, UploadOptions, UploadSummary, upload
 
 MiB = 1 << 20
 

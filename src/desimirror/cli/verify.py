@@ -8,11 +8,11 @@ import click
 
 from desimirror.cli.common import db_option, finish, json_option, pinned_target, target_options
 from desimirror.errors import DesimirrorError, UsageError
-from desimirror.manifest import Manifest
+from desimirror.pipeline.verify import VerifyReport, verify
 from desimirror.progress import for_terminal
+from desimirror.state.manifest import Manifest
 from desimirror.text import plural, shown
 from desimirror.units import format_size
-from desimirror.verify import VerifyReport, verify
 
 
 @click.command("verify")

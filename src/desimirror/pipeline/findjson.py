@@ -33,20 +33,20 @@ from json.encoder import encode_basestring_ascii  # what json.dump uses for ensu
 from pathlib import Path
 from typing import TextIO
 
-from desimirror.crawl import (
+from desimirror.errors import UsageError
+from desimirror.integrity.sourcetree import SourceRefused, SourceTree
+from desimirror.pipeline.crawl import (
     CHUNK_ROWS,
     ERROR_EXAMPLES,
     CrawlSummary,
     TreeRoot,
-    _reason,
+    classify_link,
     close_crawl,
+    os_error_reason,
     resolve_root,
 )
-from desimirror.crawl import _link as classify_link  # the crawl's own rules for symlinks
-from desimirror.errors import UsageError
-from desimirror.manifest import Entry, Manifest
 from desimirror.progress import NullProgress, Progress
-from desimirror.sourcetree import SourceRefused, SourceTree
+from desimirror.state.manifest import Entry, Manifest
 
 UNKNOWN, DIRECTORY, FILE = -1, 0, 1
 _KINDS = {DIRECTORY: "dir", FILE: "file", UNKNOWN: "other"}
@@ -366,7 +366,7 @@ class LocalTree:
         except SourceRefused as exc:
             return None, f"cannot open its directory: {exc}", None
         except OSError as exc:
-            return None, f"cannot stat: {_reason(exc)}", None
+            return None, f"cannot stat: {os_error_reason(exc)}", None
         fmt = stat.S_IFMT(st.st_mode)
         if fmt == stat.S_IFLNK:
             return self._link(name, path, fd, st, typ, size, descend)
@@ -390,7 +390,11 @@ class LocalTree:
         try:
             child = os.open(name, _DIR_FLAGS, dir_fd=fd)
         except OSError as exc:
-            return entry, f"cannot open directory: {_reason(exc)}; its contents not recorded", None
+            return (
+                entry,
+                f"cannot open directory: {os_error_reason(exc)}; its contents not recorded",
+                None,
+            )
         if len(stack) >= _HELD_FDS:
             self.leave(stack[-1])  # reopened beneath the root if the import comes back to it
         return entry, None, child

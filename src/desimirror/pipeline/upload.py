@@ -8,7 +8,7 @@ transactions as they arrive, so a kill -9 costs at most the files in flight, and
 command picks up where the last one stopped.
 
 Content. Before the first batch the release's ``*.sha256sum`` listings are read
-(:mod:`desimirror.published`): their digests are the reference for what the bytes must be.
+(:mod:`desimirror.integrity.published`): their digests are the reference for what the bytes must be.
 Then each pending file goes one of three ways:
 
 * **adopted**: the bucket already holds an object under the file's key with the same size
@@ -18,18 +18,18 @@ Then each pending file goes one of three ways:
 * **sent by the native backend**, which sends the SHA-256 so that the store refuses bytes
   that differ, and hashes what it reads (one read of the file);
 * **sent by s5cmd**, which cannot send checksums: the file is hashed here first
-  (:mod:`desimirror.prehash`, one chunk ahead of the transfer) and the object's ETag is
+  (:mod:`desimirror.integrity.prehash`, one chunk ahead of the transfer) and the object's ETag is
   compared with the file's MD5 afterwards (a second read of the file).
 
 A file whose bytes differ from its published SHA-256 is reported as corrupt and neither
 sent nor adopted. Failed files are retried with jittered exponential backoff and then
 reported, never marked done. Throttling (503 SlowDown) does not use up a file's attempts
 (up to ``throttle_rounds`` extra rounds) and lowers the concurrency
-(:mod:`desimirror.throttle`). A file that changed since the crawl is flagged for a
+(:mod:`desimirror.storage.throttle`). A file that changed since the crawl is flagged for a
 re-crawl instead of being recorded under a size the bucket does not have.
 
 Files gone from the source since they were mirrored are reported; ``--delete`` removes
-their objects (see :mod:`desimirror.prune`).
+their objects (see :mod:`desimirror.pipeline.prune`).
 """
 
 from __future__ import annotations
@@ -43,20 +43,20 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from desimirror import transfer
-from desimirror.bucket import ObjectInfo, ObjectLookup
-from desimirror.checksums import FileDigests, guess_part_sizes, hex_of_b64, same_composite
 from desimirror.errors import IncompleteError, RemoteError, StateError, UsageError, redact
-from desimirror.keys import KeyMap, first_collision
-from desimirror.manifest import Entry, Manifest, UploadRecord
-from desimirror.prehash import FileChanged, Prehasher
+from desimirror.integrity.checksums import FileDigests, guess_part_sizes, hex_of_b64, same_composite
+from desimirror.integrity.prehash import FileChanged, Prehasher
+from desimirror.integrity.published import sync_published
+from desimirror.integrity.sourcetree import SourceRefused, SourceTree
 from desimirror.progress import NullProgress, Progress
-from desimirror.published import sync_published
-from desimirror.sourcetree import SourceRefused, SourceTree
-from desimirror.storehealth import DEFAULT_GIVE_UP_SECONDS, StoreHealth, validation_text
+from desimirror.state.manifest import Entry, Manifest, UploadRecord
+from desimirror.storage import transfer
+from desimirror.storage.health import DEFAULT_GIVE_UP_SECONDS, StoreHealth, validation_text
+from desimirror.storage.keys import KeyMap, first_collision
+from desimirror.storage.lookup import ObjectInfo, ObjectLookup
+from desimirror.storage.throttle import Concurrency
+from desimirror.storage.transfer import S3Target, TransferItem, TransferResult
 from desimirror.text import shown
-from desimirror.throttle import Concurrency
-from desimirror.transfer import S3Target, TransferItem, TransferResult
 
 MiB = 1 << 20
 COMMIT_EVERY_SECONDS = 1.0
@@ -204,7 +204,7 @@ def _check_source(tree: SourceTree, entry: Entry) -> tuple[str, str | None, str]
 
     The path must still lead, beneath the root and through no symlink, to the file the
     crawl saw (same size, mtime and identity); a symlink must still resolve to that file
-    inside the root. See :mod:`desimirror.sourcetree`.
+    inside the root. See :mod:`desimirror.integrity.sourcetree`.
     """
     try:
         rel = tree.rel_to_read(entry)
@@ -409,7 +409,7 @@ class _Uploader:
         self.progress.store(self.health.line() if self.health.failures else None)
 
     def _endpoint(self) -> str:
-        from desimirror.s3client import endpoint_url
+        from desimirror.storage.s3client import endpoint_url
 
         return endpoint_url(self.options.target) or "AWS"
 
@@ -744,10 +744,10 @@ def upload(
 
     Raises :class:`IncompleteError` (after recording everything) when files failed, and
     :class:`RemoteError` when the store answered nothing but failures for
-    ``give_up_after`` seconds (see :mod:`desimirror.storehealth`).
+    ``give_up_after`` seconds (see :mod:`desimirror.storage.health`).
     """
-    from desimirror.prune import prune_gone
-    from desimirror.s3client import check_bucket, make_client
+    from desimirror.pipeline.prune import prune_gone
+    from desimirror.storage.s3client import check_bucket, make_client
 
     if options.adopt not in ADOPT_MODES:
         raise UsageError(f"--adopt must be one of {', '.join(ADOPT_MODES)}")

@@ -32,9 +32,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from desimirror.checksums import CHUNK, composite_sha256, hash_stream, hex_of_b64, same_composite
-from desimirror.s3client import describe_error, error_code
-from desimirror.sourcetree import SourceRefused, tree_at
+from desimirror.integrity.checksums import (
+    CHUNK,
+    composite_sha256,
+    hash_stream,
+    hex_of_b64,
+    same_composite,
+)
+from desimirror.integrity.sourcetree import SourceRefused, tree_at
+from desimirror.storage.s3client import describe_error, error_code
 
 ATTEMPTS = 4
 

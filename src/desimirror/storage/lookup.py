@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from desimirror.s3client import error_code, strip_etag
+from desimirror.storage.s3client import error_code, strip_etag
 
 #: Fewer wanted keys than this in one place are HEADed one by one instead of listed.
 LIST_MIN_KEYS = 16

@@ -50,15 +50,15 @@ from typing import Any
 from desimirror import processes
 from desimirror.binaries import find_binary
 from desimirror.errors import UsageError
-from desimirror.s3client import (
+from desimirror.storage.s3client import (
     CREDENTIALS_HINT,
     endpoint_url,
     is_throttle,
     one_line,
     retryable_error,
 )
-from desimirror.throttle import Concurrency
-from desimirror.transfer.base import S3Target, TransferItem, TransferResult
+from desimirror.storage.throttle import Concurrency
+from desimirror.storage.transfer.base import S3Target, TransferItem, TransferResult
 
 MiB = 1 << 20
 _PR_SET_PDEATHSIG = 1

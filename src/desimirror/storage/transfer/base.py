@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from desimirror.sourcetree import Signature
-from desimirror.throttle import Concurrency
+from desimirror.integrity.sourcetree import Signature
+from desimirror.storage.throttle import Concurrency
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class S3Target:
 class TransferItem:
     """One file to send. ``root``, ``rel`` and ``signature`` (from the crawl) let a backend
     that reads the file itself open it beneath the root and check it is the crawled file
-    (:func:`desimirror.sourcetree.open_item`); ``source`` is for programs that read by path."""
+    (:func:`desimirror.integrity.sourcetree.open_item`); ``source`` is for programs that
+    read by path."""
 
     source: str  # absolute local path to read
     key: str  # object key, without the bucket
@@ -52,7 +53,7 @@ class TransferResult:
 
     On success, backends that send checksums also say what the object holds: ``sha256``
     (hex, whole file), and for a multipart object ``part_size`` and the parts' base64
-    SHA-256s, and ``proof`` (see :class:`desimirror.manifest.UploadRecord`). On failure,
+    SHA-256s, and ``proof`` (see :class:`desimirror.state.manifest.UploadRecord`). On failure,
     ``reason`` is ``"corrupt"`` when the file's bytes do not match ``item.sha256`` (never
     worth a retry), and ``throttled`` marks a refusal by a store asking to slow down.
     """

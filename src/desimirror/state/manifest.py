@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from desimirror import schema, writelock
 from desimirror.errors import StateError, UsageError, sqlite_failure
+from desimirror.state import schema, writelock
 
 APP_ID = "desimirror"
 #: The ``schema_version`` meta value, which desimirrors older than the numbered migrations
-#: check; the schema itself is versioned by ``PRAGMA user_version`` (:mod:`desimirror.schema`).
+#: check; the schema itself is versioned by ``PRAGMA user_version``
+#: (:mod:`desimirror.state.schema`).
 SCHEMA_VERSION = 1
 
 Kind = Literal["file", "dir", "link", "other"]
@@ -183,7 +184,7 @@ class Manifest:
         """Open a state db; with ``create``, make a new one if the file is absent or empty.
 
         ``writer`` names the command that is going to write (``"upload"``): it takes the
-        mirror's write lock first (:mod:`desimirror.writelock`), so that a second writer
+        mirror's write lock first (:mod:`desimirror.state.writelock`), so that a second writer
         is refused at once, naming this one; :meth:`close` gives it up. Readers pass
         nothing: they never take the lock and never wait for it.
 
@@ -376,7 +377,7 @@ class Manifest:
         )
 
     def plan_options(self) -> dict:
-        """What the stored plan was made with (see :func:`desimirror.plan.store_plan`)."""
+        """What the stored plan was made with (see :func:`desimirror.pipeline.plan.store_plan`)."""
         return json.loads(self.get_meta("plan_options") or "{}")
 
     def require_whole_tree(self, command: str) -> str | None:

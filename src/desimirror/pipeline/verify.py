@@ -8,7 +8,7 @@ bucket under the mirror's prefixes, not in the manifest). A file recorded as upl
 whose object is missing or wrong is returned to pending, so the next upload repairs it.
 
 With ``--checksum`` every object of the right size (or a random ``--sample`` of them) is
-also proven by content (:mod:`desimirror.content`): objects whose bytes differ from the
+also proven by content (:mod:`desimirror.pipeline.proof`): objects whose bytes differ from the
 file's reference SHA-256 are reported as ``corrupt`` and returned to pending as well;
 an object checked against the local file (no SHA-256 was recorded for it) whose file
 changed since the crawl is reported as ``changed`` instead: the object may well be what
@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
 
-from desimirror.content import Candidate, ContentChecker
 from desimirror.errors import IncompleteError, redact
-from desimirror.keys import KeyMap
-from desimirror.manifest import Manifest
+from desimirror.pipeline.proof import Candidate, ContentChecker
 from desimirror.progress import NullProgress, Progress
-from desimirror.storehealth import validation_text
-from desimirror.transfer import S3Target
+from desimirror.state.manifest import Manifest
+from desimirror.storage.health import validation_text
+from desimirror.storage.keys import KeyMap
+from desimirror.storage.transfer import S3Target
 
 Problem = Literal["missing", "differ", "unexpected"]
 SIGILS: dict[str, str] = {
@@ -286,11 +286,11 @@ def verify(
 ) -> VerifyReport:
     """List the bucket under the mirror's prefixes and compare; raise if incomplete.
 
-    ``checksum`` proves content too (see :mod:`desimirror.content`); ``sample`` checks a
+    ``checksum`` proves content too (see :mod:`desimirror.pipeline.proof`); ``sample`` checks a
     random fraction of the objects; ``reread`` hashes every checked object's bytes.
     """
-    from desimirror.listing import list_tree
-    from desimirror.s3client import check_bucket, make_client
+    from desimirror.storage.listing import list_tree
+    from desimirror.storage.s3client import check_bucket, make_client
 
     partial = manifest.require_whole_tree("verify")
     client = make_client(target, max_pool_connections=workers + 2)

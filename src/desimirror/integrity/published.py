@@ -25,10 +25,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from desimirror.checksums import SUFFIX, parse_sha256sum
 from desimirror.errors import redact
-from desimirror.manifest import Manifest
-from desimirror.sourcetree import SourceRefused, tree_at
+from desimirror.integrity.checksums import SUFFIX, parse_sha256sum
+from desimirror.integrity.sourcetree import SourceRefused, tree_at
+from desimirror.state.manifest import Manifest
 
 #: A listing larger than this is not a checksum file of a product directory; skip it.
 MAX_LISTING_BYTES = 256 << 20

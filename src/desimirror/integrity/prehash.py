@@ -18,9 +18,9 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from desimirror.checksums import CHUNK, FileDigests, hash_stream, open_source
-from desimirror.manifest import Entry
-from desimirror.sourcetree import Signature, SourceTree
+from desimirror.integrity.checksums import CHUNK, FileDigests, hash_stream, open_source
+from desimirror.integrity.sourcetree import Signature, SourceTree
+from desimirror.state.manifest import Entry
 
 
 class FileChanged(Exception):
@@ -32,7 +32,8 @@ class Prehasher:
 
     def __init__(self, threads: int = 4, tree: SourceTree | None = None) -> None:
         #: Files are opened beneath this root and checked against the crawl (see
-        #: :mod:`desimirror.sourcetree`); without one, by path (tests of this class alone).
+        #: :mod:`desimirror.integrity.sourcetree`); without one, by path (tests of this
+        #: class alone).
         self.tree = tree
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="desimirror-hash")
         self._futures: dict[tuple, Future] = {}
@@ -53,7 +54,7 @@ class Prehasher:
 
     def digests(self, source: str, entry: Entry, part_size: int) -> FileDigests:
         """The digests (waiting for them); raises :class:`FileChanged`,
-        :class:`~desimirror.sourcetree.SourceRefused` or ``OSError``."""
+        :class:`~desimirror.integrity.sourcetree.SourceRefused` or ``OSError``."""
         return self.submit(source, entry, part_size).result()
 
     def _hash(self, source: str, entry: Entry, part_size: int) -> FileDigests:

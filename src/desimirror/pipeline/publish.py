@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from desimirror.errors import IncompleteError, RemoteError, UsageError
-from desimirror.keys import KeyMap
-from desimirror.manifest import Manifest
-from desimirror.transfer import S3Target, TransferItem
+from desimirror.state.manifest import Manifest
+from desimirror.storage.keys import KeyMap
+from desimirror.storage.transfer import S3Target, TransferItem
 
 FORMAT = "desimirror-manifest"
 VERSION = 1
@@ -200,8 +200,8 @@ def publish(
     allow_incomplete: bool = False,
 ) -> PublishReport:
     """Write and upload the manifest and its summary; see the module docstring."""
-    from desimirror.s3client import check_bucket, make_client
-    from desimirror.transfer.native import NativeBackend
+    from desimirror.storage.s3client import check_bucket, make_client
+    from desimirror.storage.transfer.native import NativeBackend
 
     if manifest.root_name is None:
         raise UsageError(f"{manifest.path} has no crawl yet: run 'desimirror crawl' first")

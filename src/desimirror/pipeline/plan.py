@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from desimirror.errors import UsageError
-from desimirror.manifest import Entry, Manifest, roll_up
+from desimirror.state.manifest import Entry, Manifest, roll_up
 
 DEFAULT_MAX_BATCH_SIZE = 10**12  # 1 TB, as the seed's makefile
 DEFAULT_MIN_BATCH_SIZE = 10 * 10**9  # 10 GB, the seed's "10 gigabytes to 1 terabyte"

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from desimirror.bucket import ObjectInfo, ObjectLookup
 from desimirror.errors import redact
-from desimirror.keys import KeyMap
-from desimirror.manifest import Manifest
-from desimirror.s3client import describe_error
+from desimirror.state.manifest import Manifest
+from desimirror.storage.keys import KeyMap
+from desimirror.storage.lookup import ObjectInfo, ObjectLookup
+from desimirror.storage.s3client import describe_error
 
 EXAMPLES = 10
 

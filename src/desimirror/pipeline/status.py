@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from desimirror.manifest import Manifest
 from desimirror.progress import throughput
+from desimirror.state.manifest import Manifest
 
 FAILURE_EXAMPLES = 10
 

@@ -34,7 +34,7 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from desimirror.manifest import Entry
+from desimirror.state.manifest import Entry
 
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture (the unified table)
 _RESOLVE_NO_MAGICLINKS = 0x02

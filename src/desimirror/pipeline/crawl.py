@@ -60,8 +60,8 @@ from typing import Any, BinaryIO
 
 from desimirror import processes
 from desimirror.errors import StateError, UsageError
-from desimirror.manifest import Manifest, roll_up
 from desimirror.progress import NullProgress, Progress
+from desimirror.state.manifest import Manifest, roll_up
 
 try:
     import fcntl
@@ -295,7 +295,7 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
-def _reason(exc: OSError) -> str:
+def os_error_reason(exc: OSError) -> str:
     """The OS's words without the path (stored separately), e.g. 'Permission denied'."""
     return exc.strerror or str(exc) or type(exc).__name__
 
@@ -353,7 +353,7 @@ def _scan(
         if exc.errno == errno.ELOOP:  # replaced by a symlink since it was stat'ed
             out.errors.append(CrawlError(rel, "directory vanished during the crawl", False))
         else:
-            message = f"cannot list directory: {_reason(exc)}"
+            message = f"cannot list directory: {os_error_reason(exc)}"
             out.errors.append(CrawlError(rel, message, True))
         return
     try:
@@ -361,7 +361,7 @@ def _scan(
             try:
                 names = os.listdir(fd)
             except OSError as exc:
-                message = f"cannot list directory: {_reason(exc)}"
+                message = f"cannot list directory: {os_error_reason(exc)}"
                 out.errors.append(CrawlError(rel, message, True))
                 return
             out.listed += 1
@@ -469,7 +469,7 @@ def _stat_names(
                     subdirs.append(pre + name)
                     dirs += 1
                 elif fmt == _LNK:
-                    item = _link(tree, name, pre + name, fd, st)
+                    item = classify_link(tree, name, pre + name, fd, st)
                     add(item)
                     link_kind = item[5]
                     out.link_kinds[link_kind] = out.link_kinds.get(link_kind, 0) + 1
@@ -493,7 +493,7 @@ def _stat_names(
             except FileNotFoundError:
                 errors.append(CrawlError(pre + name, "vanished during the crawl", False))
             except OSError as exc:
-                errors.append(CrawlError(pre + name, f"cannot stat: {_reason(exc)}", True))
+                errors.append(CrawlError(pre + name, f"cannot stat: {os_error_reason(exc)}", True))
         i += CHECK_EVERY
         if deadline is not None and n - i >= MIN_SLICE and time.monotonic() > deadline:
             # out of time: the rest of this directory goes out in slices that each take
@@ -512,7 +512,7 @@ def _stat_names(
     out.others += others
 
 
-def _link(tree: TreeRoot, name: str, path: str, fd: int, st: os.stat_result) -> Item:
+def classify_link(tree: TreeRoot, name: str, path: str, fd: int, st: os.stat_result) -> Item:
     """Classify a symlink by where it finally resolves; only 'file' links are uploaded.
 
     A link to a regular file inside the tree takes the target's size, mtime and identity:
@@ -954,7 +954,7 @@ class _Writer:
 
     def dir_sizes(self) -> list[tuple[int, str]]:
         """(recursive bytes of uploadables, path) for every directory listed, as the
-        manifest defines them (:func:`~desimirror.manifest.roll_up`)."""
+        manifest defines them (:func:`~desimirror.state.manifest.roll_up`)."""
         return [(nbytes, path) for path, nbytes in roll_up(self.direct).items()]
 
 

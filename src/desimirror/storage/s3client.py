@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from desimirror.errors import RemoteError, UsageError, redact
-from desimirror.transfer.base import S3Target
+from desimirror.storage.transfer.base import S3Target
 
 DEFAULT_REGION = "us-east-1"
 CREDENTIALS_HINT = "check credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID)"

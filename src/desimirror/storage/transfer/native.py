@@ -5,10 +5,11 @@ and every file is read once:
 
 * A file whose SHA-256 the release published is sent with ``ChecksumSHA256`` set to that
   digest, so the store refuses (BadDigest) bytes that differ from what DESI published. The
-  bytes are hashed as the client reads them (:class:`~desimirror.checksums.HashingReader`),
-  which tells a refusal apart: bytes that differ from the published digest mean the file is
-  corrupt at the source (reported with ``reason="corrupt"``, never retried); bytes that
-  match mean damage in transit (retried).
+  bytes are hashed as the client reads them
+  (:class:`~desimirror.integrity.checksums.HashingReader`), which tells a refusal apart:
+  bytes that differ from the published digest mean the file is corrupt at the source
+  (reported with ``reason="corrupt"``, never retried); bytes that match mean damage in
+  transit (retried).
 * A file without one is sent with ``ChecksumAlgorithm="SHA256"``: botocore computes the
   digest from the bytes it sends (a trailer on HTTPS, so one pass; a header on plain HTTP)
   and the store checks it. The reader's digest must equal the one the store returns; it
@@ -30,7 +31,7 @@ and every file is read once:
 
 Concurrency adapts: each file transfer holds a slot of :attr:`NativeBackend.concurrency`,
 and every throttling answer botocore sees (also those it retries itself) lowers the limit.
-Each request gets only a few attempts (see :mod:`desimirror.s3client`); a file that still
+Each request gets only a few attempts (see :mod:`desimirror.storage.s3client`); a file that still
 fails is reported with ``retryable`` set from the error class, and the uploader retries it.
 """
 
@@ -48,7 +49,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
 
-from desimirror.checksums import (
+from desimirror.integrity.checksums import (
     CHUNK,
     HashingReader,
     b64_of_hex,
@@ -58,7 +59,8 @@ from desimirror.checksums import (
     multipart_etag,
     same_composite,
 )
-from desimirror.s3client import (
+from desimirror.integrity.sourcetree import SourceRefused, open_item, recheck_fd
+from desimirror.storage.s3client import (
     describe_error,
     endpoint_url,
     error_code,
@@ -67,9 +69,8 @@ from desimirror.s3client import (
     one_line,
     strip_etag,
 )
-from desimirror.sourcetree import SourceRefused, open_item, recheck_fd
-from desimirror.throttle import Concurrency
-from desimirror.transfer.base import S3Target, TransferItem, TransferResult
+from desimirror.storage.throttle import Concurrency
+from desimirror.storage.transfer.base import S3Target, TransferItem, TransferResult
 
 MiB = 1 << 20
 _MAX_KEY_BYTES = 1024
@@ -300,7 +301,7 @@ class NativeBackend:
 
     def validation_note(self) -> dict[str, object] | None:
         """None if the store returned a checksum for every file sent; else what proved the
-        files it did not check (see :func:`desimirror.storehealth.validation_text`)."""
+        files it did not check (see :func:`desimirror.storage.health.validation_text`)."""
         with self._lock:
             counts = dict(self._unvalidated)
         if not counts:

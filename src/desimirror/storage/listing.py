@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from desimirror.s3client import list_objects, list_pages, page_objects
+from desimirror.storage.s3client import list_objects, list_pages, page_objects
 
 #: Rows handed over at once: about one page.
 ROWS = 1000
