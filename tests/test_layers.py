@@ -8,6 +8,7 @@ package, and never at another module's private names.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import desimirror
@@ -96,3 +97,25 @@ def test_the_layers_are_folders() -> None:
             assert (PACKAGE / package / "__init__.py").is_file(), package
     top_level = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
     assert top_level <= {"errors", "units", "text", "progress", "processes", "binaries", "data"}
+
+
+_SQL = re.compile(
+    r"^\s*(SELECT \S|INSERT INTO|UPDATE \w+ SET|DELETE FROM|CREATE (TEMP )?(TABLE|INDEX)"
+    r"|DROP TABLE|ALTER TABLE|PRAGMA \w)"
+)
+
+
+def test_sql_lives_in_the_state_layer_only() -> None:
+    """No module outside ``state/`` runs a statement or holds SQL text."""
+    wrong = []
+    for name, path in sorted(_modules().items()):
+        if _package_of(name) == "state":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            if call and node.func.attr in {"execute", "executemany", "executescript"}:
+                wrong.append(f"{path.name}:{node.lineno} runs SQL")
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and _SQL.match(text):
+                wrong.append(f"{path.name}:{node.lineno} holds SQL: {node.value[:40]!r}")
+    assert wrong == []

@@ -6,6 +6,11 @@ import re
 
 from desimirror.errors import UsageError
 
+#: Binary units, for part sizes and buffers (sizes given by users go through parse_size).
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+
 _UNITS = {
     "": 1,
     "B": 1,

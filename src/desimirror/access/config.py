@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desimirror.errors import UsageError
+from desimirror.storage.s3client import DEFAULT_REGION
 from desimirror.units import parse_size
 
 DEFAULT_BUCKET = "s3://desidata"
-DEFAULT_REGION = "us-west-2"
 DEFAULT_RELEASE = "edr"
 DEFAULT_CACHE_SIZE = "20G"
 DEFAULT_NERSC_ROOT = "/global/cfs/cdirs/desi"

@@ -42,6 +42,7 @@ from desimirror.access.env import (
 )
 from desimirror.access.mount import Mounted, find_mount, mount_bucket, stop
 from desimirror.errors import UsageError
+from desimirror.storage.s3client import DEFAULT_REGION
 from desimirror.units import format_size
 
 WELCOME = "welcome.ipynb"
@@ -61,7 +62,7 @@ class JupyterOptions:
     local: Path | None = None
     bucket: str = "s3://desidata"
     endpoint_url: str | None = None
-    region: str = "us-west-2"
+    region: str = DEFAULT_REGION
     no_sign_request: bool = True
     cache_dir: Path = Path("~/.cache/desimirror")
     cache_size: int = 20 * 10**9

@@ -40,7 +40,10 @@ from pathlib import Path
 from desimirror import processes
 from desimirror.binaries import find_binary
 from desimirror.errors import RemoteError, UsageError
-from desimirror.storage.s3client import parse_bucket_url  # the one bucket-URL parser; re-exported
+from desimirror.storage.s3client import (  # the one bucket-URL parser; re-exported
+    DEFAULT_REGION,
+    parse_bucket_url,
+)
 
 RCLONE_REMOTE = "desimirror"
 NO_FUSE_HINT = (
@@ -497,7 +500,7 @@ def mount_bucket(
     mountpoint: str | Path,
     *,
     endpoint_url: str | None = None,
-    region: str = "us-west-2",
+    region: str = DEFAULT_REGION,
     no_sign_request: bool = True,
     cache_dir: str | Path,
     cache_size: int,

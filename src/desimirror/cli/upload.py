@@ -21,9 +21,7 @@ from desimirror.progress import for_terminal, set_resume_command
 from desimirror.state.manifest import Manifest
 from desimirror.storage.transfer import BACKENDS
 from desimirror.text import plural
-from desimirror.units import format_size
-
-MiB = 1 << 20
+from desimirror.units import MiB, format_size
 
 
 @click.command("upload")

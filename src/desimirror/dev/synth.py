@@ -59,6 +59,7 @@ from pathlib import Path
 
 from desimirror.errors import DesimirrorError, UsageError
 from desimirror.progress import NullProgress, Progress
+from desimirror.units import MiB
 
 SPECPROD = "fuji"
 REDUX = f"spectro/redux/{SPECPROD}"
@@ -72,7 +73,6 @@ EDR_RELEASE = int(dt.datetime(2023, 6, 13, tzinfo=dt.timezone.utc).timestamp())
 DAY = 86400
 FITS_BLOCK = 2880
 CHUNK = 1 << 20
-MiB = 1 << 20
 
 CAMERAS = tuple(f"{arm}{petal}" for arm in "brz" for petal in range(10))
 SURVEY_PROGRAMS = (

@@ -61,7 +61,7 @@ from typing import Any, BinaryIO
 from desimirror import processes
 from desimirror.errors import StateError, UsageError
 from desimirror.progress import NullProgress, Progress
-from desimirror.state.manifest import Manifest, roll_up
+from desimirror.state.manifest import Manifest, roll_up, wal_checkpointer
 
 try:
     import fcntl
@@ -683,17 +683,11 @@ class _Checkpointer:
 
     def _loop(self) -> None:
         try:
-            conn = sqlite3.connect(self.db, isolation_level=None, check_same_thread=False)
+            with wal_checkpointer(self.db) as checkpoint:
+                while not self.stop.wait(CHECKPOINT_SECONDS):
+                    checkpoint()
         except sqlite3.Error:
-            return  # only an optimisation: the final checkpoint copies whatever is left
-        try:
-            conn.execute("PRAGMA synchronous = NORMAL")
-            while not self.stop.wait(CHECKPOINT_SECONDS):
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error:
-            pass
-        finally:
-            conn.close()
+            pass  # only an optimisation: the final checkpoint copies whatever is left
 
 
 class _ThreadSink:

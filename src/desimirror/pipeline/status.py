@@ -19,39 +19,24 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
     The rate is the latest run's (the one in progress, or the last one), computed by
     :func:`desimirror.progress.throughput` as the upload's own bar computes it, so the
     two agree while the upload runs; the average over all runs is reported beside it."""
-    conn = manifest.conn
     subdir = manifest.get_meta("plan_subdir") or ""
     totals = manifest.totals(subdir)
-    failures = dict(conn.execute("SELECT reason, count(*) FROM failures GROUP BY reason"))
+    failures = manifest.failure_counts()
     examples = [
         {"path": p, "reason": r, "error": e, "attempts": a}
-        for p, r, e, a in conn.execute(
-            "SELECT path, reason, error, attempts FROM failures ORDER BY at DESC LIMIT ?",
-            (FAILURE_EXAMPLES,),
-        )
+        for p, r, e, a in manifest.recent_failures(FAILURE_EXAMPLES)
     ]
-    sent_bytes, busy_seconds, runs = conn.execute(
-        "SELECT coalesce(sum(bytes), 0), coalesce(sum(finished - started), 0), count(*)"
-        " FROM upload_runs WHERE finished IS NOT NULL"
-    ).fetchone()
-    average = sent_bytes / busy_seconds if busy_seconds > 0 else 0.0
-    last_bytes, last_seconds = conn.execute(
-        "SELECT bytes, finished - started FROM upload_runs WHERE finished IS NOT NULL"
-        " ORDER BY id DESC LIMIT 1"
-    ).fetchone() or (0, 0.0)
-    latest = throughput(last_bytes, last_seconds, totals["pending_bytes"])
+    runs = manifest.upload_run_totals()
+    average = runs.bytes / runs.seconds if runs.seconds > 0 else 0.0
+    latest = throughput(runs.last_bytes, runs.last_seconds, totals["pending_bytes"])
     # as of the last upload run: recomputing it here would cost a query per batch
-    batches_total, batches_done = conn.execute(
-        "SELECT count(*), count(completed) FROM batches"
-    ).fetchone()
-    crawl = conn.execute(
-        "SELECT id, root, started, finished, entries, errors FROM crawls ORDER BY id DESC LIMIT 1"
-    ).fetchone()
+    batches_total, batches_done = manifest.batch_counts()
+    crawl = manifest.last_crawl()
     pinned = manifest.get_meta("target")
-    proofs = dict(conn.execute("SELECT coalesce(proof, 'none'), count(*) FROM uploads GROUP BY 1"))
-    adopted = conn.execute("SELECT count(*) FROM uploads WHERE adopted").fetchone()[0]
+    proofs = manifest.proof_counts()
+    adopted = manifest.adopted_count()
     gone = len(manifest.gone_uploads())
-    published = conn.execute("SELECT count(*) FROM published").fetchone()[0]
+    published = manifest.published_counts()["claims"]
     store = {
         "health": manifest.store_note("health"),
         "validation": manifest.store_note("validation"),
@@ -76,7 +61,7 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
         "store": store,
         "batches": batches_total,
         "batches_done": batches_done,
-        "upload_runs": runs,
+        "upload_runs": runs.count,
         "partial_tree": manifest.partial_tree_warning(),
         "bytes_per_second": round(latest.bytes_per_second, 1),
         "eta_seconds": None if latest.eta_seconds is None else round(latest.eta_seconds),

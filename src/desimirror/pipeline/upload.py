@@ -49,7 +49,7 @@ from desimirror.integrity.prehash import FileChanged, Prehasher
 from desimirror.integrity.published import sync_published
 from desimirror.integrity.sourcetree import SourceRefused, SourceTree
 from desimirror.progress import NullProgress, Progress
-from desimirror.state.manifest import Entry, Manifest, UploadRecord
+from desimirror.state.manifest import MISMATCH, Entry, Manifest, UploadRecord
 from desimirror.storage import transfer
 from desimirror.storage.health import DEFAULT_GIVE_UP_SECONDS, StoreHealth, validation_text
 from desimirror.storage.keys import KeyMap, first_collision
@@ -57,8 +57,8 @@ from desimirror.storage.lookup import ObjectInfo, ObjectLookup
 from desimirror.storage.throttle import Concurrency
 from desimirror.storage.transfer import S3Target, TransferItem, TransferResult
 from desimirror.text import shown
+from desimirror.units import MiB
 
-MiB = 1 << 20
 COMMIT_EVERY_SECONDS = 1.0
 COMMIT_EVERY_RESULTS = 500
 ADOPT_MODES = ("checksum", "size", "none")
@@ -335,10 +335,7 @@ class _Uploader:
         self.summary = recorder.summary
         self.health = StoreHealth(options.give_up_after)
         recorder.health = self.health
-        failures = recorder.manifest.conn.execute(
-            "SELECT path FROM failures WHERE reason = 'mismatch'"
-        )
-        self.mismatched = {path for (path,) in failures}
+        self.mismatched = recorder.manifest.paths_failed_for(MISMATCH)
 
     # -- one batch ------------------------------------------------------------------------
 

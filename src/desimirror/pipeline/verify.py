@@ -24,17 +24,17 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import TextIO
 
 from desimirror.errors import IncompleteError, redact
 from desimirror.pipeline.proof import Candidate, ContentChecker
 from desimirror.progress import NullProgress, Progress
-from desimirror.state.manifest import Manifest
+from desimirror.state.comparison import PROBLEMS, BucketComparison
+from desimirror.state.manifest import MISMATCH, Manifest
 from desimirror.storage.health import validation_text
 from desimirror.storage.keys import KeyMap
 from desimirror.storage.transfer import S3Target
 
-Problem = Literal["missing", "differ", "unexpected"]
 SIGILS: dict[str, str] = {
     "missing": "-",
     "differ": "*",
@@ -90,54 +90,25 @@ class VerifyReport:
         return {**self.__dict__, "complete": self.complete}
 
 
-def _load_expected(manifest: Manifest, keymap: KeyMap, subdir: str) -> tuple[int, int]:
-    conn = manifest.conn
-    conn.execute("DROP TABLE IF EXISTS temp.expected")
-    conn.execute(
-        "CREATE TEMP TABLE expected (key TEXT PRIMARY KEY, path TEXT NOT NULL, size INTEGER)"
-    )
-    rows = ((keymap.key(e.path), e.path, e.size) for e in manifest.iter_uploadables(subdir))
-    with manifest.atomic():
-        conn.executemany("INSERT OR REPLACE INTO temp.expected VALUES (?, ?, ?)", rows)
-    return conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM temp.expected").fetchone()
-
-
 def _load_listing(
-    manifest: Manifest, objects: Iterator[tuple[str, int, str | None]], progress: Progress
+    comparison: BucketComparison,
+    objects: Iterator[tuple[str, int, str | None]],
+    progress: Progress,
 ) -> int:
-    conn = manifest.conn
-    conn.execute("DROP TABLE IF EXISTS temp.listed")
-    conn.execute("CREATE TEMP TABLE listed (key TEXT PRIMARY KEY, size INTEGER, etag TEXT)")
     n = 0
     chunk: list[tuple[str, int, str | None]] = []
     for obj in objects:
         chunk.append(obj)
         if len(chunk) >= 1000:
-            n += _insert_listing(manifest, chunk, progress)
+            n += _insert_listing(comparison, chunk, progress)
             chunk = []
-    return n + _insert_listing(manifest, chunk, progress)
+    return n + _insert_listing(comparison, chunk, progress)
 
 
-def _insert_listing(manifest: Manifest, chunk: list, progress: Progress) -> int:
-    with manifest.atomic() as conn:
-        conn.executemany("INSERT OR REPLACE INTO temp.listed VALUES (?, ?, ?)", chunk)
+def _insert_listing(comparison: BucketComparison, chunk: list, progress: Progress) -> int:
+    comparison.listed(chunk)
     progress.advance(len(chunk), sum(size for _, size, _ in chunk))
     return len(chunk)
-
-
-_QUERIES: dict[Problem, str] = {
-    "missing": "SELECT e.key, e.path FROM temp.expected e LEFT JOIN temp.listed l"
-    " ON l.key = e.key WHERE l.key IS NULL ORDER BY e.key",
-    "differ": "SELECT e.key, e.path FROM temp.expected e JOIN temp.listed l"
-    " ON l.key = e.key WHERE l.size != e.size ORDER BY e.key",
-    "unexpected": "SELECT l.key, NULL FROM temp.listed l LEFT JOIN temp.expected e"
-    " ON e.key = l.key WHERE e.key IS NULL AND NOT (l.key GLOB ?) ORDER BY l.key",
-}
-_CANDIDATES = (
-    "SELECT e.key, e.path, e.size, l.etag, n.sha256, u.etag, u.sha256, u.part_size, u.parts,"
-    " u.proof FROM temp.expected e JOIN temp.listed l ON l.key = e.key AND l.size = e.size"
-    " JOIN entries n ON n.path = e.path LEFT JOIN uploads u ON u.path = e.path ORDER BY e.key"
-)
 
 
 def _glob_escape(text: str) -> str:
@@ -167,25 +138,50 @@ def compare(
     prefixes = keymap.list_prefixes(subdir)
     report = VerifyReport(bucket=bucket, prefixes=prefixes, checksum=content is not None)
     report.sample = sample
-    report.expected_files, report.expected_bytes = _load_expected(manifest, keymap, subdir)
-    progress.start("list", report.expected_files, report.expected_bytes)
-    try:
-        report.listed_objects = _load_listing(
-            manifest, (obj for p in prefixes for obj in list_objects(p)), progress
+    with BucketComparison(manifest) as comparison:
+        expected = ((keymap.key(e.path), e.path, e.size) for e in manifest.iter_uploadables(subdir))
+        report.expected_files, report.expected_bytes = comparison.expect(expected)
+        progress.start("list", report.expected_files, report.expected_bytes)
+        try:
+            report.listed_objects = _load_listing(
+                comparison, (obj for p in prefixes for obj in list_objects(p)), progress
+            )
+        finally:
+            progress.close()
+        bad_paths, mismatched = _find_problems(
+            manifest, comparison, report, keymap, report_file, content, sample, rng
         )
-    finally:
-        progress.close()
-    conn = manifest.conn
+    report.matched = report.expected_files - report.missing - report.differ - report.corrupt
+    with manifest.atomic():
+        report.returned_to_pending = manifest.forget_uploads(bad_paths)
+        # remembered until an upload replaces the object: status shows it, and an upload
+        # never adopts such an object again by its size alone
+        for path, message in mismatched:
+            manifest.record_failure(path, MISMATCH, message)
+    return report
+
+
+def _find_problems(
+    manifest: Manifest,
+    comparison: BucketComparison,
+    report: VerifyReport,
+    keymap: KeyMap,
+    report_file: Path | None,
+    content: ContentChecker | None,
+    sample: float,
+    rng: random.Random | None,
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Count each kind of problem into ``report`` (and the report file); returns the paths
+    to return to pending and the (path, why) of the objects whose content is wrong."""
     sink = report_file.open("w", encoding="utf-8") if report_file else None
     try:
         bad_paths: list[str] = []
         mismatched: list[tuple[str, str]] = []
         meta_glob = _glob_escape(keymap.prefix + "/" + META_DIR) + "*"
-        for problem, query in _QUERIES.items():
+        for problem in PROBLEMS:
             count = 0
             examples: list[str] = []
-            args = (meta_glob,) if problem == "unexpected" else ()
-            for key, path in conn.execute(query, args):
+            for key, path in comparison.problems(problem, meta_glob):
                 count += 1
                 if len(examples) < EXAMPLES:
                     examples.append(key)
@@ -196,35 +192,26 @@ def compare(
             setattr(report, problem, count)
             report.examples[problem] = examples
         if content is not None:
-            mismatched = _check_content(manifest, report, content, sample, rng, sink)
+            rows = comparison.content_candidates()
+            mismatched = _check_content(manifest, report, content, rows, sample, rng, sink)
             bad_paths.extend(path for path, _ in mismatched)
     finally:
         if sink:
             sink.close()
-    report.matched = report.expected_files - report.missing - report.differ - report.corrupt
-    with manifest.atomic():
-        cur = conn.executemany("DELETE FROM uploads WHERE path = ?", ((p,) for p in bad_paths))
-        report.returned_to_pending = cur.rowcount if cur.rowcount > 0 else 0
-        # remembered until an upload replaces the object: status shows it, and an upload
-        # never adopts such an object again by its size alone
-        for path, message in mismatched:
-            manifest.record_failure(path, "mismatch", message)
-    conn.execute("DROP TABLE temp.expected")
-    conn.execute("DROP TABLE temp.listed")
-    return report
+    return bad_paths, mismatched
 
 
 def _check_content(
     manifest: Manifest,
     report: VerifyReport,
     checker: ContentChecker,
+    rows: list[tuple],
     sample: float,
     rng: random.Random | None,
     sink: TextIO | None,
 ) -> list[tuple[str, str]]:
     """Run the content checks; count them into ``report``; (path, why) of those corrupt."""
     rng = rng or random.Random()
-    rows = manifest.conn.execute(_CANDIDATES).fetchall()
     chosen = [Candidate(*row) for row in rows if sample >= 1.0 or rng.random() < sample]
     bad: list[tuple[str, str]] = []
     for problem in ("corrupt", "unproven", "changed"):
@@ -260,14 +247,12 @@ def _changed_since_crawl(manifest: Manifest, c: Candidate) -> bool:
     nothing says the object is wrong."""
     if c.reference or c.sha256 or not manifest.root:
         return False
-    row = manifest.conn.execute(
-        "SELECT size, mtime_ns FROM entries WHERE path = ?", (c.path,)
-    ).fetchone()
+    entry = manifest.get(c.path)
     try:
         st = os.stat(os.path.join(manifest.root, c.path))
     except OSError:
         return True  # gone or unreadable since the crawl
-    return row is None or (st.st_size, st.st_mtime_ns) != (row[0], row[1])
+    return entry is None or (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns)
 
 
 def verify(

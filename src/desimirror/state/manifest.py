@@ -18,11 +18,11 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from desimirror.errors import StateError, UsageError, sqlite_failure
 from desimirror.state import schema, writelock
@@ -35,6 +35,14 @@ SCHEMA_VERSION = 1
 
 Kind = Literal["file", "dir", "link", "other"]
 LinkKind = Literal["file", "dir", "outside", "broken"]
+
+#: Why a file is not mirrored (``failures.reason``): the store failed it, it is not the
+#: crawl's file any more, its path leads out of the tree, its bytes differ from the published
+#: SHA-256, or verify found its object wrong (never adopted by size again).
+FAILED, CHANGED, UNSAFE, CORRUPT, MISMATCH = "error", "changed", "unsafe", "corrupt", "mismatch"
+FAILURE_REASONS = (FAILED, CHANGED, UNSAFE, CORRUPT, MISMATCH)
+#: How an object's content was proven (``uploads.proof``), strongest first; see UploadRecord.
+PROOFS = ("sha256", "composite", "etag", "size", "none")
 
 #: An entry the uploader sends: a regular file, or a symlink to a regular file inside the root.
 UPLOADABLE = "(kind = 'file' OR (kind = 'link' AND link_kind = 'file'))"
@@ -107,6 +115,16 @@ _UNCHANGED = (
     " AND entries.ctime_ns IS excluded.ctime_ns AND entries.ino IS excluded.ino"
     " AND entries.dev IS excluded.dev"
 )
+
+
+class RunTotals(NamedTuple):
+    """The upload runs so far (see :meth:`Manifest.upload_run_totals`)."""
+
+    count: int
+    bytes: int
+    seconds: float
+    last_bytes: int
+    last_seconds: float
 
 
 def _upsert_entries(crawl_id: int, *, with_sha256: bool) -> str:
@@ -889,9 +907,11 @@ class Manifest:
             " ORDER BY u.path"
         ).fetchall()
 
-    def forget_uploads(self, paths: Iterable[str]) -> None:
-        """Drop upload records (objects deleted, or found wrong); inside atomic."""
-        self.conn.executemany("DELETE FROM uploads WHERE path = ?", [(p,) for p in paths])
+    def forget_uploads(self, paths: Iterable[str]) -> int:
+        """Drop upload records (objects deleted, or found wrong); inside atomic. Returns
+        how many there were."""
+        cur = self.conn.executemany("DELETE FROM uploads WHERE path = ?", [(p,) for p in paths])
+        return max(cur.rowcount, 0)
 
     # -- crawl: bulk loading -------------------------------------------------------------
     #
@@ -979,6 +999,56 @@ class Manifest:
         value = self.get_meta(f"store_{name}")
         return json.loads(value) if value else None
 
+    # -- where the mirror stands (status, and the dashboard to come) ---------------------
+
+    def failure_counts(self) -> dict[str, int]:
+        """reason -> files not mirrored for it."""
+        return dict(self.conn.execute("SELECT reason, count(*) FROM failures GROUP BY reason"))
+
+    def recent_failures(self, limit: int) -> list[tuple[str, str, str, int]]:
+        """(path, reason, error, attempts) of the latest failures, newest first."""
+        return self.conn.execute(
+            "SELECT path, reason, error, attempts FROM failures ORDER BY at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def upload_run_totals(self) -> RunTotals:
+        """What the upload runs sent and how long they took, in all and in the latest."""
+        count, nbytes, seconds = self.conn.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(finished - started), 0)"
+            " FROM upload_runs WHERE finished IS NOT NULL"
+        ).fetchone()
+        last_bytes, last_seconds = self.conn.execute(
+            "SELECT bytes, finished - started FROM upload_runs WHERE finished IS NOT NULL"
+            " ORDER BY id DESC LIMIT 1"
+        ).fetchone() or (0, 0.0)
+        return RunTotals(count, nbytes, seconds, last_bytes, last_seconds)
+
+    def batch_counts(self) -> tuple[int, int]:
+        """(batches planned, batches an upload found complete)."""
+        return self.conn.execute("SELECT count(*), count(completed) FROM batches").fetchone()
+
+    def last_crawl(self) -> tuple | None:
+        """(id, root, started, finished, entries, errors) of the latest crawl, or None."""
+        return self.conn.execute(
+            "SELECT id, root, started, finished, entries, errors FROM crawls"
+            " ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+
+    def proof_counts(self) -> dict[str, int]:
+        """proof -> objects recorded with it (see :class:`UploadRecord`)."""
+        rows = self.conn.execute("SELECT coalesce(proof, 'none'), count(*) FROM uploads GROUP BY 1")
+        return dict(rows)
+
+    def adopted_count(self) -> int:
+        """Objects found in the bucket and recorded without being sent."""
+        return self.conn.execute("SELECT count(*) FROM uploads WHERE adopted").fetchone()[0]
+
+    def paths_failed_for(self, reason: str) -> set[str]:
+        """The paths whose last failure has ``reason``."""
+        rows = self.conn.execute("SELECT path FROM failures WHERE reason = ?", (reason,))
+        return {path for (path,) in rows}
+
     # -- the db file itself: the write lock, and a file deleted or replaced under us -------
 
     #: The write lock, when opened with ``writer`` (see :meth:`open`).
@@ -1013,6 +1083,18 @@ class Manifest:
         if not os.access(path.parent, os.W_OK):
             return StateError(writelock.not_writable_message(path))
         return sqlite_failure(exc, path) or StateError(f"{default}; refusing to touch it")
+
+
+@contextmanager
+def wal_checkpointer(path: str | Path) -> Iterator[Callable[[], None]]:
+    """A connection of its own that copies a db's WAL into the db when called, while
+    another connection writes (see the crawl's bulk loading); closed on the way out."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA synchronous = NORMAL")
+        yield lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        conn.close()
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

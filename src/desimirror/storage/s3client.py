@@ -23,7 +23,9 @@ from typing import Any
 from desimirror.errors import RemoteError, UsageError, redact
 from desimirror.storage.transfer.base import S3Target
 
-DEFAULT_REGION = "us-east-1"
+#: The region a client signs for when none is configured: where DESI's public bucket
+#: (``desidata``) lives. Other stores (SeaweedFS, Ceph) accept any region.
+DEFAULT_REGION = "us-west-2"
 CREDENTIALS_HINT = "check credentials (AWS_PROFILE / AWS_ACCESS_KEY_ID)"
 
 # S3 error codes that a later attempt cannot fix: the request itself or its credentials are

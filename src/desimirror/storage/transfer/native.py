@@ -71,8 +71,8 @@ from desimirror.storage.s3client import (
 )
 from desimirror.storage.throttle import Concurrency
 from desimirror.storage.transfer.base import S3Target, TransferItem, TransferResult
+from desimirror.units import MiB
 
-MiB = 1 << 20
 _MAX_KEY_BYTES = 1024
 _DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
 #: An ETag that is an MD5 (single part) or a multipart MD5 (``...-N``): comparable.

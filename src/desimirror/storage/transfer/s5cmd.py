@@ -59,8 +59,8 @@ from desimirror.storage.s3client import (
 )
 from desimirror.storage.throttle import Concurrency
 from desimirror.storage.transfer.base import S3Target, TransferItem, TransferResult
+from desimirror.units import MiB
 
-MiB = 1 << 20
 _PR_SET_PDEATHSIG = 1
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"^([A-Za-z][A-Za-z0-9]+):")
