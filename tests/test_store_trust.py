@@ -263,8 +263,7 @@ def test_native_multipart_accepts_a_composite_without_its_part_count(moto_s3, tm
     path = tmp_path / "big.fits"
     path.write_bytes(data)
     sha = hashlib.sha256(data).hexdigest()
-    backend = NativeBackend(S3Target("composite"), workers=2)
-    backend.multipart_threshold = backend.multipart_chunksize = 5 * MiB
+    backend = NativeBackend(S3Target("composite"), workers=2, part_size=5 * MiB)
     try:
         [result] = backend.put_batch([TransferItem(str(path), "edr/big.fits", len(data), sha)])
     finally:

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 from desimirror.errors import IncompleteError, RemoteError, UsageError
 from desimirror.state.manifest import Manifest
+from desimirror.storage import transfer
 from desimirror.storage.keys import KeyMap
 from desimirror.storage.transfer import S3Target, TransferItem
 
@@ -201,7 +202,6 @@ def publish(
 ) -> PublishReport:
     """Write and upload the manifest and its summary; see the module docstring."""
     from desimirror.storage.s3client import check_bucket, make_client
-    from desimirror.storage.transfer.native import NativeBackend
 
     if manifest.root_name is None:
         raise UsageError(f"{manifest.path} has no crawl yet: run 'desimirror crawl' first")
@@ -234,7 +234,7 @@ def publish(
         with open(summary_path, "w", encoding="utf-8") as out:
             json.dump(summary, out, indent=2, sort_keys=True)
             out.write("\n")
-        backend = NativeBackend(target, workers=2)
+        backend = transfer.get("native", target, workers=2)
         try:
             items = [
                 TransferItem(path, tsv_key, report.compressed_bytes, report.sha256),

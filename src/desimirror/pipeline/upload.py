@@ -54,7 +54,6 @@ from desimirror.storage import transfer
 from desimirror.storage.health import DEFAULT_GIVE_UP_SECONDS, StoreHealth, validation_text
 from desimirror.storage.keys import KeyMap, first_collision
 from desimirror.storage.lookup import ObjectInfo, ObjectLookup
-from desimirror.storage.throttle import Concurrency
 from desimirror.storage.transfer import S3Target, TransferItem, TransferResult
 from desimirror.text import shown
 from desimirror.units import MiB
@@ -718,18 +717,6 @@ def _corrupt_text(actual: str, job: _Job) -> str:
     )
 
 
-def _configure(backend: transfer.TransferBackend, options: UploadOptions) -> Concurrency:
-    """Part size and the adaptive concurrency limit, the same for either backend."""
-    if hasattr(backend, "part_size_mib"):
-        backend.part_size_mib = options.part_size // MiB  # type: ignore[attr-defined]
-    if hasattr(backend, "multipart_threshold"):
-        backend.multipart_threshold = options.part_size  # type: ignore[attr-defined]
-        backend.multipart_chunksize = options.part_size  # type: ignore[attr-defined]
-    limiter = Concurrency(options.workers)
-    backend.concurrency = limiter
-    return limiter
-
-
 def upload(
     manifest: Manifest,
     options: UploadOptions,
@@ -786,8 +773,10 @@ def upload(
     progress.start("upload", totals["pending_files"], totals["pending_bytes"])
     run_id = manifest.begin_upload_run()
     recorder = _Recorder(manifest, run_id, summary)
-    backend = transfer.get(options.backend, options.target, options.workers)
-    limiter = _configure(backend, options)
+    backend = transfer.get(
+        options.backend, options.target, options.workers, part_size=options.part_size
+    )
+    limiter = backend.concurrency
     tree = SourceTree(root, crawled_dev=_crawled_dev(manifest))
     if not tree.compare_dev:
         summary.warnings.append(

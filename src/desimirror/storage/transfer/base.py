@@ -16,6 +16,11 @@ from typing import Protocol
 
 from desimirror.integrity.sourcetree import Signature
 from desimirror.storage.throttle import Concurrency
+from desimirror.units import MiB
+
+#: Files larger than this go in parts of this size, by either backend, so that a file gets
+#: the same (multipart) ETag whichever sent it.
+DEFAULT_PART_SIZE = 50 * MiB
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,9 @@ class TransferBackend(Protocol):
 
     ``sends_checksums`` says whether the backend sends SHA-256 with every object and reports
     it (native); if not (s5cmd), the uploader hashes files itself and compares ETags.
-    ``concurrency``, when the uploader sets it, is the adaptive limit on transfers in flight.
+    ``concurrency`` is the backend's adaptive limit on transfers in flight (the uploader
+    reports it). A backend is built as ``Backend(target, workers, part_size=...)``: every
+    option reaches it through its constructor (see :func:`desimirror.storage.transfer.get`).
     """
 
     name: str

@@ -70,8 +70,12 @@ from desimirror.storage.s3client import (
     strip_etag,
 )
 from desimirror.storage.throttle import Concurrency
-from desimirror.storage.transfer.base import S3Target, TransferItem, TransferResult
-from desimirror.units import MiB
+from desimirror.storage.transfer.base import (
+    DEFAULT_PART_SIZE,
+    S3Target,
+    TransferItem,
+    TransferResult,
+)
 
 _MAX_KEY_BYTES = 1024
 _DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
@@ -102,8 +106,6 @@ class NativeBackend:
     sends_checksums = True
     #: Files larger than this are sent in parts (equal to s5cmd's part size, so that a file
     #: gets the same ETag from both backends).
-    multipart_threshold = 50 * MiB
-    multipart_chunksize = 50 * MiB
     #: Parts in flight (and in memory) across all large files of the backend at once.
     multipart_concurrency = 8
     #: Attempts per part; a part is in memory, so retrying it is cheap and safe.
@@ -114,9 +116,12 @@ class NativeBackend:
     connect_timeout = 10.0
     read_timeout = 120.0
 
-    def __init__(self, target: S3Target, workers: int) -> None:
+    def __init__(
+        self, target: S3Target, workers: int, *, part_size: int = DEFAULT_PART_SIZE
+    ) -> None:
         self.target = target
         self.workers = max(1, int(workers))
+        self.multipart_threshold = self.multipart_chunksize = part_size
         self.concurrency = Concurrency(self.workers)
         self._lock = threading.Lock()
         self._closing = threading.Event()

@@ -58,7 +58,12 @@ from desimirror.storage.s3client import (
     retryable_error,
 )
 from desimirror.storage.throttle import Concurrency
-from desimirror.storage.transfer.base import S3Target, TransferItem, TransferResult
+from desimirror.storage.transfer.base import (
+    DEFAULT_PART_SIZE,
+    S3Target,
+    TransferItem,
+    TransferResult,
+)
 from desimirror.units import MiB
 
 _PR_SET_PDEATHSIG = 1
@@ -78,9 +83,6 @@ class S5cmdBackend:
     #: s5cmd's own retries per request (each multipart part separately). 6 retries take
     #: about 4 s against a refused connection; throttling backs off longer.
     retry_count = 6
-    #: Multipart part size. s5cmd (aws-sdk-go) switches to multipart above one part, so this
-    #: is also the threshold; the native backend uses the same value so that ETags agree.
-    part_size_mib = 50
     #: Parts of one file in flight at once (s5cmd's default).
     part_concurrency = 5
     #: Kill s5cmd when no result line arrives for this long, plus the time the largest file
@@ -93,9 +95,14 @@ class S5cmdBackend:
     #: A whole directory of at least this many files goes as one wildcard line.
     min_directory_files = 4
 
-    def __init__(self, target: S3Target, workers: int) -> None:
+    def __init__(
+        self, target: S3Target, workers: int, *, part_size: int = DEFAULT_PART_SIZE
+    ) -> None:
         self.target = target
         self.workers = max(1, int(workers))
+        #: Multipart part size. s5cmd (aws-sdk-go) switches to multipart above one part, so
+        #: this is also the threshold; the native backend uses the same so that ETags agree.
+        self.part_size_mib = max(1, part_size // MiB)
         self.binary = find_binary("s5cmd")
         #: Adaptive limit: each run gets the current limit as --numworkers.
         self.concurrency = Concurrency(self.workers)
