@@ -20,9 +20,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from desimirror.pipeline.upload import _chunks, _Job
-from desimirror.state.manifest import Entry, Manifest
+from desimirror.state.manifest import Manifest
 from desimirror.storage.keys import KeyMap
+from desimirror.storage.transfer import TransferItem
+from desimirror.storage.transfer.proving import chunk_items
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 
 pytestmark = pytest.mark.s3
@@ -430,16 +431,16 @@ def test_the_seed_makefile_interface_runs_from_an_operators_directory(
 def test_chunks_cover_the_batch_in_order_and_cut_between_directories(
     dirs: list[int], max_files: int
 ) -> None:
-    jobs = [
-        (f"k/d{d}/f{i}", _Job(Entry(f"d{d}/f{i}", "file", 1), f"/src/d{d}/f{i}"))
+    items = [
+        TransferItem(f"/src/d{d}/f{i}", f"k/d{d}/f{i}", 1, rel=f"d{d}/f{i}")
         for d, count in enumerate(dirs)
         for i in range(count)
     ]
-    chunks = _chunks(jobs, max_files, max_bytes=1 << 40)
-    assert [pair for chunk in chunks for pair in chunk] == jobs
+    chunks = chunk_items(items, max_files, max_bytes=1 << 40)
+    assert [item for chunk in chunks for item in chunk] == items
     assert all(len(chunk) <= 2 * max_files for chunk in chunks)
     for chunk, following in itertools.pairwise(chunks):
-        same_dir = chunk[-1][1].entry.path.split("/")[0] == following[0][1].entry.path.split("/")[0]
+        same_dir = chunk[-1].rel.split("/")[0] == following[0].rel.split("/")[0]
         # a directory is cut only where the chunk reached twice the limit
         assert not same_dir or len(chunk) == 2 * max_files
         assert len(chunk) >= max_files  # never cut before the chunk is full

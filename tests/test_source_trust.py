@@ -248,19 +248,15 @@ def test_bytes_s5cmd_read_from_a_file_swapped_after_the_last_check_do_not_stay(
     before s5cmd opens it. The ETag comparison catches the other bytes, and the object that
     holds them is deleted rather than left in the bucket."""
     _, victim, db = _one_file_release(tmp_path)
-    import desimirror.pipeline.upload as uploader
+    import desimirror.storage.transfer.proving as proving
 
-    real_check = uploader._check_source
-    calls = []
+    real_check = proving.still_the_hashed_file
 
     def check_then_rewrite(tree, entry):
-        verdict = real_check(tree, entry)
-        calls.append(entry.path)
-        if len(calls) == 2:  # the check just before the line goes to s5cmd
-            _rewrite_keeping_size_and_mtime(victim, b"B" * 4096)
-        return verdict
+        real_check(tree, entry)  # passes: the line goes to s5cmd next
+        _rewrite_keeping_size_and_mtime(victim, b"B" * 4096)
 
-    monkeypatch.setattr(uploader, "_check_source", check_then_rewrite)
+    monkeypatch.setattr(proving, "still_the_hashed_file", check_then_rewrite)
     with pytest.raises(IncompleteError):
         _in_process_upload(db, bucket, s3, "s5cmd")
     assert _objects(s3.client(), bucket) == {}

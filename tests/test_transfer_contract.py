@@ -5,7 +5,8 @@ The contract (``desimirror.storage.transfer.base``): one result per item, also w
 items come from a generator; a file that cannot be read fails alone; a backend that sends
 checksums refuses bytes that differ from the published SHA-256 as corrupt (never retried,
 never stored), opens files beneath the root and checks them against the crawl, and says
-what the object holds; a batch closed early leaves what it reported sent intact.
+what the object holds; a batch closed early leaves what it reported sent intact. A backend
+that proves nothing itself (s5cmd) is run behind ProvenTransfer, as the uploader runs it.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from desimirror.integrity.sourcetree import Signature
+from desimirror.integrity.prehash import Prehasher
+from desimirror.integrity.sourcetree import Signature, SourceTree
 from desimirror.state.manifest import PROOFS
 from desimirror.storage import transfer
+from desimirror.storage.lookup import ObjectLookup
 from desimirror.storage.transfer import S3Target, TransferItem
+from desimirror.storage.transfer.base import DEFAULT_PART_SIZE
 from desimirror.storage.transfer.memory import MemoryBackend
+from desimirror.storage.transfer.proving import with_proof
 
 Read = Callable[[str], "bytes | None"]
 
@@ -33,8 +38,13 @@ Read = Callable[[str], "bytes | None"]
         pytest.param("s5cmd", marks=pytest.mark.s3),
     ]
 )
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    """(backend, read(key) -> the object's bytes or None)."""
+def backend(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator:
+    """(backend, read(key) -> the object's bytes or None); files go under ``tmp_path``.
+
+    s5cmd is run as the uploader runs it: behind :class:`ProvenTransfer`, which hashes
+    ahead and compares ETags, so it keeps the whole contract too."""
     if request.param == "memory":
         memory = MemoryBackend(S3Target("contract"))
         yield memory, memory.objects.get
@@ -43,8 +53,17 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     bucket = request.getfixturevalue("bucket")
     for name, value in s3.env.items():
         monkeypatch.setenv(name, value)
-    real = transfer.get(request.param, S3Target(bucket, endpoint_url=s3.endpoint_url), 4)
+    target = S3Target(bucket, endpoint_url=s3.endpoint_url)
     client = s3.client()
+    tree = SourceTree(str(tmp_path))
+    hasher = Prehasher(2, tree)
+    real = with_proof(
+        transfer.get(request.param, target, 4),
+        lookup=ObjectLookup(client, bucket),
+        hasher=hasher,
+        tree=tree,
+        part_size=DEFAULT_PART_SIZE,
+    )
 
     def read(key: str) -> bytes | None:
         try:
@@ -56,6 +75,8 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         yield real, read
     finally:
         real.close()
+        hasher.close()
+        tree.close()
 
 
 def _file(root: Path, rel: str, data: bytes) -> TransferItem:
@@ -88,12 +109,10 @@ def test_one_result_per_item_also_from_a_generator(backend, tmp_path: Path) -> N
         assert read(f"edr/{rel}") == data
 
 
-def test_a_backend_that_sends_checksums_refuses_corrupt_bytes_and_says_what_it_stored(
+def test_corrupt_bytes_are_refused_and_each_result_says_what_the_object_holds(
     backend, tmp_path: Path
 ) -> None:
     sender, read = backend
-    if not sender.sends_checksums:
-        pytest.skip("s5cmd sends no checksums: the uploader hashes and compares ETags for it")
     good = _file(tmp_path, "good.fits", b"g" * 3000)
     good = TransferItem(**{**good.__dict__, "sha256": hashlib.sha256(b"g" * 3000).hexdigest()})
     bad = _file(tmp_path, "bad.fits", b"b" * 3000)
@@ -107,23 +126,20 @@ def test_a_backend_that_sends_checksums_refuses_corrupt_bytes_and_says_what_it_s
     assert read("edr/bad.fits") is None
 
 
-def test_a_backend_that_reads_files_opens_them_beneath_the_root_as_the_crawl_saw_them(
-    backend, tmp_path: Path
+def test_files_are_read_beneath_the_root_as_the_crawl_saw_them(
+    backend, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     sender, read = backend
-    if not sender.sends_checksums:
-        pytest.skip("s5cmd opens files by path: the uploader checks each path just before")
-    root = tmp_path / "root"
+    root = tmp_path
     item = _file(root, "dir/f.fits", b"inside")
     changed = _file(root, "changed.fits", b"12345")
     st = (root / "changed.fits").stat()
     (root / "other").write_bytes(b"54321")  # renamed over it: same size and mtime, other file
     os.utime(root / "other", ns=(st.st_atime_ns, st.st_mtime_ns))
     os.rename(root / "other", root / "changed.fits")
-    outside = tmp_path / "outside"
-    outside.mkdir()
+    outside = tmp_path_factory.mktemp("outside")
     (outside / "f.fits").write_bytes(b"SECRET")
-    os.rename(root / "dir", tmp_path / "moved")
+    os.rename(root / "dir", outside / "moved")
     (root / "dir").symlink_to(outside, target_is_directory=True)
     results = {r.item.key: r for r in sender.put_batch([item, changed])}
     assert (results["edr/dir/f.fits"].ok, results["edr/dir/f.fits"].reason) == (False, "unsafe")

@@ -34,17 +34,15 @@ their objects (see :mod:`desimirror.pipeline.prune`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from desimirror.errors import IncompleteError, RemoteError, StateError, UsageError, redact
-from desimirror.integrity.checksums import FileDigests, guess_part_sizes, hex_of_b64, same_composite
+from desimirror.integrity.checksums import guess_part_sizes, hex_of_b64, same_composite
 from desimirror.integrity.prehash import FileChanged, Prehasher
 from desimirror.integrity.published import sync_published
 from desimirror.integrity.sourcetree import SourceRefused, SourceTree
@@ -55,6 +53,7 @@ from desimirror.storage.health import DEFAULT_GIVE_UP_SECONDS, StoreHealth, vali
 from desimirror.storage.keys import KeyMap, first_collision
 from desimirror.storage.lookup import ObjectInfo, ObjectLookup
 from desimirror.storage.transfer import S3Target, TransferItem, TransferResult
+from desimirror.storage.transfer.proving import with_proof
 from desimirror.text import shown
 from desimirror.units import MiB
 
@@ -285,33 +284,6 @@ class _Job:
     last_error: str | None = None  # of the last failed attempt, recorded if the run gives up
 
 
-def _chunks(jobs: list[tuple[str, _Job]], max_files: int, max_bytes: int) -> list[list]:
-    """Cut a batch into runs of s5cmd of about ``max_files`` files and ``max_bytes``.
-
-    A chunk that is full goes on to the end of its last directory (up to twice the
-    limits), so that a directory is not cut in two where it could go on one line.
-    """
-    chunks: list[list[tuple[str, _Job]]] = []
-    current: list[tuple[str, _Job]] = []
-    size = 0
-    for pair in jobs:
-        grown = size + pair[1].entry.size
-        if current and (len(current) >= max_files or grown > max_bytes):
-            same_dir = _directory(pair) == _directory(current[-1])
-            if not same_dir or len(current) >= 2 * max_files or grown > 2 * max_bytes:
-                chunks.append(current)
-                current, size = [], 0
-        current.append(pair)
-        size += pair[1].entry.size
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _directory(pair: tuple[str, _Job]) -> str:
-    return pair[1].entry.path.rpartition("/")[0]
-
-
 class _Uploader:
     """Sends the pending files of one batch after another; see the module docstring."""
 
@@ -377,13 +349,15 @@ class _Uploader:
             self.hasher.forget({e.path for e in entries})
 
     def prefetch(self, entries: Sequence[Entry]) -> None:
-        """Start hashing the next batch's files while this one is sent (s5cmd only: the
-        native backend hashes as it sends)."""
-        if self.backend.sends_checksums or self.options.adopt == "size":
+        """Tell the backend which files come next, while this batch is sent (a backend that
+        hashes ahead starts on them)."""
+        if self.options.adopt == "size":
             return
-        for entry in entries:
-            if entry.kind == "file":  # links are resolved and checked when their turn comes
-                self.hasher.submit(self.tree.path(entry.path), entry, self.options.part_size)
+        self.backend.prepare(
+            self._item(self.keymap.key(e.path), _Job(e, e.path))
+            for e in entries
+            if e.kind == "file"  # links are resolved and checked when their turn comes
+        )
 
     def _settle(self, job: _Job, result: TransferResult) -> bool:
         """Record one result; True if the file is to be tried again. Raises
@@ -557,131 +531,17 @@ class _Uploader:
     # -- sending ----------------------------------------------------------------------------
 
     def _send(self, todo: dict[str, _Job]) -> Iterator[tuple[_Job, TransferResult]]:
+        """Every file of ``todo`` through the backend; one proven result each (see
+        :mod:`desimirror.storage.transfer.proving` for a backend that proves nothing)."""
         if not todo:
             return
-        if self.backend.sends_checksums:
-            self.progress.phase("sending")
-            items = []
-            for key, job in todo.items():
-                job.sent = True
-                items.append(self._item(key, job))
-            for result in self.backend.put_batch(items):
-                yield todo[result.item.key], result
-            return
-        yield from self._send_hashed(todo)
-
-    def _send_hashed(self, todo: dict[str, _Job]) -> Iterator[tuple[_Job, TransferResult]]:
-        """s5cmd: hash a chunk ahead, feed s5cmd each file as its hash is ready, and compare
-        the ETags of one chunk in the background while the next one is sent."""
-        part_size = self.options.part_size
-        chunks = _chunks(list(todo.items()), self.options.chunk_files, self.options.chunk_bytes)
-
-        def prefetch(chunk: list[tuple[str, _Job]]) -> None:
-            for _, job in chunk:
-                self.hasher.submit(self._source(job), job.entry, part_size)
-
-        if chunks:
-            prefetch(chunks[0])
-        comparing: Future | None = None
-        with ThreadPoolExecutor(1, thread_name_prefix="desimirror-etags") as reader:
-            for number, chunk in enumerate(chunks):
-                if number + 1 < len(chunks):
-                    prefetch(chunks[number + 1])
-                refused: list[tuple[_Job, TransferResult]] = []
-                digests: dict[str, FileDigests] = {}
-                sent: list[TransferResult] = []
-                for result in self.backend.put_batch(self._hashed(chunk, digests, refused)):
-                    if result.ok:
-                        sent.append(result)
-                    else:
-                        yield todo[result.item.key], result
-                    if comparing is not None and comparing.done():
-                        yield from comparing.result()
-                        comparing = None
-                yield from refused
-                if comparing is not None:
-                    yield from comparing.result()
-                comparing = (
-                    reader.submit(self._compare_etags, todo, sent, digests) if sent else None
-                )
-            if comparing is not None:
-                yield from comparing.result()
-
-    def _hashed(
-        self,
-        chunk: list[tuple[str, _Job]],
-        digests: dict[str, FileDigests],
-        refused: list[tuple[_Job, TransferResult]],
-    ) -> Iterator[TransferItem]:
-        """The chunk's files whose bytes are as expected, each once its hash is ready;
-        the digests go into ``digests``, the files not to send into ``refused``."""
-        for key, job in chunk:
-            item = self._item(key, job)
-            try:
-                self.progress.phase("hashing")
-                digest = self.hasher.digests(self._source(job), job.entry, self.options.part_size)
-            except (FileChanged, SourceRefused, OSError) as exc:
-                refused.append((job, _failed(item, _read_error(exc), reason=_refusal_reason(exc))))
-                continue
-            if job.entry.sha256 and digest.sha256 != job.entry.sha256:
-                refused.append(
-                    (job, _failed(item, _corrupt_text(digest.sha256, job), reason="corrupt"))
-                )
-                continue
-            # s5cmd opens the file by its path: the path must still lead to the hashed file
-            # (the hash may be a chunk old); the ETag compared afterwards catches the rest
-            reason, message, _ = _check_source(self.tree, job.entry)
-            if reason:
-                refused.append((job, _failed(item, message or reason, reason=reason)))
-                continue
+        self.progress.phase("sending")
+        items = []
+        for key, job in todo.items():
             job.sent = True
-            digests[key] = digest
-            self.progress.phase("sending")
-            yield item
-
-    def _withdraw(self, key: str) -> None:
-        """Delete an object just sent that holds other bytes than the file read here.
-
-        s5cmd opens files by path: if a path was swapped in the moment between the check
-        and its read, what it sent may be another file's bytes, which must not stay in a
-        (public) bucket. The object was just overwritten by this run, so nothing is lost.
-        """
-        with contextlib.suppress(Exception):  # the failure is recorded either way
-            self.lookup.client.delete_object(Bucket=self.lookup.bucket, Key=key)
-
-    def _compare_etags(
-        self, todo: dict[str, _Job], sent: list[TransferResult], digests: dict[str, FileDigests]
-    ) -> list[tuple[_Job, TransferResult]]:
-        """Each sent file's result once its object's ETag was read back and compared."""
-        found = self.lookup.find(r.item.key for r in sent)
-        outcomes: list[tuple[_Job, TransferResult]] = []
-        for result in sent:
-            item, digest = result.item, digests[result.item.key]
-            info = found.objects.get(item.key)
-            if info is None:
-                why = (
-                    "could not read the object's ETag back"
-                    if item.key in found.unknown
-                    else "the object is not in the bucket after the upload"
-                )
-                outcomes.append((todo[item.key], _failed(item, why)))
-            elif info.etag != digest.etag or info.size != digest.size:
-                why = f"the object's ETag {info.etag} is not the file's {digest.etag}"
-                self._withdraw(item.key)
-                outcomes.append((todo[item.key], _failed(item, why)))
-            else:
-                multipart = len(digest.parts_sha256) > 1
-                confirmed = TransferResult(
-                    item,
-                    ok=True,
-                    etag=info.etag,
-                    sha256=digest.sha256,
-                    part_size=digest.part_size if multipart else None,
-                    parts=digest.parts_sha256 if multipart else (),
-                    proof="etag",
-                )
-                outcomes.append((todo[item.key], confirmed))
-        return outcomes
+            items.append(self._item(key, job))
+        for result in self.backend.put_batch(items):
+            yield todo[result.item.key], result
 
 
 def _refusal_reason(exc: BaseException) -> str:
@@ -690,16 +550,6 @@ def _refusal_reason(exc: BaseException) -> str:
 
 class StoreGaveUp(Exception):
     """The store answered nothing but failures for ``--give-up-after`` seconds."""
-
-
-def _failed(item: TransferItem, text: str, *, reason: str | None = None) -> TransferResult:
-    return TransferResult(
-        item,
-        ok=False,
-        error=redact(f"PUT {shown(item.key)}: {text}"),
-        retryable=reason is None,
-        reason=reason,
-    )
 
 
 def _read_error(exc: BaseException) -> str:
@@ -773,10 +623,6 @@ def upload(
     progress.start("upload", totals["pending_files"], totals["pending_bytes"])
     run_id = manifest.begin_upload_run()
     recorder = _Recorder(manifest, run_id, summary)
-    backend = transfer.get(
-        options.backend, options.target, options.workers, part_size=options.part_size
-    )
-    limiter = backend.concurrency
     tree = SourceTree(root, crawled_dev=_crawled_dev(manifest))
     if not tree.compare_dev:
         summary.warnings.append(
@@ -785,6 +631,17 @@ def upload(
         )
     hasher = Prehasher(options.hash_threads, tree)
     lookup = ObjectLookup(client, options.target.bucket, workers=16, sleep=sleep)
+    backend = with_proof(
+        transfer.get(options.backend, options.target, options.workers, part_size=options.part_size),
+        lookup=lookup,
+        hasher=hasher,
+        tree=tree,
+        part_size=options.part_size,
+        chunk_files=options.chunk_files,
+        chunk_bytes=options.chunk_bytes,
+        on_phase=progress.phase,
+    )
+    limiter = backend.concurrency
     uploader = _Uploader(
         options=options,
         tree=tree,

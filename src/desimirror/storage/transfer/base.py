@@ -95,6 +95,11 @@ class TransferBackend(Protocol):
         a generator that produces them slowly (the uploader hashes files on the way)."""
         ...
 
+    def prepare(self, items: Iterable[TransferItem]) -> None:
+        """A hint: these items come in a later batch (a backend that reads ahead starts on
+        them; the others ignore it)."""
+        ...
+
     def close(self) -> None:
         """Release clients, pools and child processes."""
         ...

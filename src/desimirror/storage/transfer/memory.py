@@ -72,5 +72,8 @@ class MemoryBackend:
         error = f"PUT {self.target.url(item.key)}: {text}"
         return TransferResult(item, ok=False, error=error, retryable=False, reason=reason)
 
+    def prepare(self, items: Iterable[TransferItem]) -> None:
+        """Nothing to do ahead: files are read when they are sent."""
+
     def close(self) -> None:
         """Nothing to release: no client, pool or child process."""

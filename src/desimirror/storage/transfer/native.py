@@ -487,6 +487,9 @@ class NativeBackend:
         with contextlib.suppress(Exception):  # the failure being handled matters more
             client.abort_multipart_upload(Bucket=self.target.bucket, Key=key, UploadId=upload_id)
 
+    def prepare(self, items: Iterable[TransferItem]) -> None:
+        """Nothing to do ahead: files are read when they are sent."""
+
     def close(self) -> None:
         """Drop queued uploads, stop multipart uploads in flight, release connections."""
         self._closing.set()

@@ -345,6 +345,9 @@ class S5cmdBackend:
             with self._lock:
                 self._children.discard(proc)
 
+    def prepare(self, items: Iterable[TransferItem]) -> None:
+        """Nothing to do ahead: files are read when they are sent."""
+
     def close(self) -> None:
         """Kill any s5cmd still running (a batch abandoned without being closed)."""
         with self._lock:
