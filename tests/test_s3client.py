@@ -197,11 +197,11 @@ def test_make_client_defaults(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     client = make_client(S3Target("b"))
-    assert client.meta.region_name == "us-east-1"
+    assert client.meta.region_name == "us-west-2"  # where DESI's public bucket lives
     assert client.meta.config.retries["mode"] == "standard"
     assert client.meta.config.signature_version is not UNSIGNED
-    public = make_client(S3Target("b", region="us-west-2", no_sign_request=True))
-    assert public.meta.region_name == "us-west-2"
+    public = make_client(S3Target("b", region="eu-central-1", no_sign_request=True))
+    assert public.meta.region_name == "eu-central-1"
     assert public.meta.config.signature_version is UNSIGNED
 
 
