@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +39,7 @@ from desimirror.integrity.checksums import (
     same_composite,
 )
 from desimirror.integrity.sourcetree import SourceRefused, tree_at
+from desimirror.retrying import retry_call
 from desimirror.storage.s3client import describe_error, error_code
 
 ATTEMPTS = 4
@@ -163,13 +163,11 @@ class ContentChecker:
 
     def _retry(self, call: Callable[[], Any]) -> Any:
         """A few attempts for transient failures (a reset mid-body is not retried by botocore)."""
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                return call()
-            except Exception as exc:
-                _, retryable = describe_error(exc)
-                code, status = error_code(exc)
-                if attempt == ATTEMPTS or not retryable or status == 404 or code == "NoSuchKey":
-                    raise
-                self.sleep(0.5 * 2 ** (attempt - 1) * (0.5 + random.random()))
-        raise RuntimeError("unreachable")  # pragma: no cover
+        return retry_call(call, attempts=ATTEMPTS, base=0.5, retry_on=_transient, sleep=self.sleep)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another attempt: retryable by its class, and not a missing object."""
+    _, retryable = describe_error(exc)
+    code, status = error_code(exc)
+    return retryable and status != 404 and code != "NoSuchKey"

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from desimirror.integrity.prehash import FileChanged, Prehasher
 from desimirror.integrity.published import sync_published
 from desimirror.integrity.sourcetree import SourceRefused, SourceTree
 from desimirror.progress import NullProgress, Progress
+from desimirror.retrying import backoff_delay
 from desimirror.state.manifest import MISMATCH, Entry, Manifest, UploadRecord
 from desimirror.storage import transfer
 from desimirror.storage.health import DEFAULT_GIVE_UP_SECONDS, StoreHealth, validation_text
@@ -338,9 +338,9 @@ class _Uploader:
                 todo = retry
                 if todo:
                     self.summary.retries += len(todo)
-                    cap = self.options.max_backoff_seconds
-                    delay = min(cap, self.options.backoff_seconds * 2 ** (rounds - 1))
-                    delay *= 0.5 + random.random()
+                    delay = backoff_delay(
+                        rounds, self.options.backoff_seconds, self.options.max_backoff_seconds
+                    )
                     self.summary.backoff_seconds += delay
                     self.health.backing_off(delay)
                     self._show_health()

@@ -21,7 +21,6 @@ again, which is always correct, only slower).
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import defaultdict
@@ -30,6 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+from desimirror.retrying import retry_call
 from desimirror.storage.s3client import error_code, strip_etag
 
 #: Fewer wanted keys than this in one place are HEADed one by one instead of listed.
@@ -183,23 +183,39 @@ class ObjectLookup:
 
     def _call(self, method: Callable[..., Any], kwargs: dict[str, Any], *, missing_ok=False):
         """One request with a few attempts; None for a missing key, _UNKNOWN if it never worked."""
-        for attempt in range(1, self.attempts + 1):
+
+        def attempt() -> Any:
             with self._count_lock:
                 self.requests += 1
-            try:
-                return method(**kwargs)
-            except Exception as exc:
-                code, status = error_code(exc)
-                if missing_ok and (status == 404 or code in ("404", "NoSuchKey", "NotFound")):
-                    return None
-                if status is not None and 400 <= status < 500 and status not in (408, 429):
-                    return _UNKNOWN  # refused: another attempt will not help
-                if attempt < self.attempts:
-                    self.sleep(self.backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
-        return _UNKNOWN
+            return method(**kwargs)
+
+        try:
+            return retry_call(
+                attempt,
+                attempts=self.attempts,
+                base=self.backoff,
+                retry_on=_worth_another_attempt,
+                sleep=self.sleep,
+            )
+        except Exception as exc:
+            if missing_ok and _is_missing(exc):
+                return None
+            return _UNKNOWN  # refused, or never answered: the caller treats it as unknown
 
 
 _UNKNOWN = object()
+
+
+def _is_missing(exc: BaseException) -> bool:
+    code, status = error_code(exc)
+    return status == 404 or code in ("404", "NoSuchKey", "NotFound")
+
+
+def _worth_another_attempt(exc: BaseException) -> bool:
+    """Not a missing key, and not refused (a 4xx other than a timeout or throttling)."""
+    _, status = error_code(exc)
+    refused = status is not None and 400 <= status < 500 and status not in (408, 429)
+    return not _is_missing(exc) and not refused
 
 
 def _shared_directory(first: str, last: str) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from desimirror.errors import RemoteError, UsageError, redact
+from desimirror.retrying import retry_call
 from desimirror.storage.transfer.base import S3Target
 
 #: The region a client signs for when none is configured: where DESI's public bucket
@@ -322,15 +323,22 @@ def check_bucket(
     """
     from botocore import exceptions as bx
 
-    for attempt in range(1, attempts + 1):
-        try:
-            client.head_bucket(Bucket=bucket)
-            return
-        except (bx.BotoCoreError, bx.ClientError) as exc:
-            unreachable = isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError)
-            if attempt == attempts or unreachable or not _is_transient(exc):
-                raise bucket_error(client, bucket, exc) from None
-            sleep(min(10.0, 0.5 * 2 ** (attempt - 1)))
+    def worth_another_attempt(exc: BaseException) -> bool:
+        unreachable = isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError)
+        return not unreachable and _is_transient(exc)
+
+    try:
+        retry_call(
+            lambda: client.head_bucket(Bucket=bucket),
+            attempts=attempts,
+            base=0.5,
+            cap=10.0,
+            jitter=False,
+            retry_on=worth_another_attempt,
+            sleep=sleep,
+        )
+    except (bx.BotoCoreError, bx.ClientError) as exc:
+        raise bucket_error(client, bucket, exc) from None
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import random
 import re
 import threading
 import time
@@ -60,6 +59,7 @@ from desimirror.integrity.checksums import (
     same_composite,
 )
 from desimirror.integrity.sourcetree import SourceRefused, open_item, recheck_fd
+from desimirror.retrying import retry_call
 from desimirror.storage.s3client import (
     describe_error,
     endpoint_url,
@@ -454,31 +454,36 @@ class NativeBackend:
         """Send one part (retrying transient failures); frees its memory slot at the end."""
         assert self._part_slots is not None
         b64 = b64_of_hex(digest.hex())
+
+        def send() -> Any:
+            if failed.is_set() or self._closing.is_set():
+                raise _Cancelled("another part of the file failed")
+            return client.upload_part(
+                Bucket=self.target.bucket,
+                Key=item.key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumSHA256=b64,
+            )
+
         try:
-            for attempt in range(1, self.part_attempts + 1):
-                if failed.is_set() or self._closing.is_set():
-                    raise _Cancelled("another part of the file failed")
-                try:
-                    response = client.upload_part(
-                        Bucket=self.target.bucket,
-                        Key=item.key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=data,
-                        ChecksumSHA256=b64,
-                    )
-                except Exception as exc:
-                    _, retryable = describe_error(exc)
-                    if not retryable or attempt == self.part_attempts:
-                        failed.set()  # stop reading further parts of this file
-                        raise
-                    time.sleep(self.part_backoff * 2 ** (attempt - 1) * (0.5 + random.random()))
-                    continue
-                returned = response.get("ChecksumSHA256")
-                if returned and returned != b64:
-                    raise RuntimeError(f"part {number}: the store reports checksum {returned}")
-                return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": b64}
-            raise RuntimeError("unreachable")  # pragma: no cover
+            try:
+                response = retry_call(
+                    send,
+                    attempts=self.part_attempts,
+                    base=self.part_backoff,
+                    retry_on=lambda exc: not isinstance(exc, _Cancelled) and describe_error(exc)[1],
+                )
+            except _Cancelled:
+                raise
+            except Exception:
+                failed.set()  # stop reading further parts of this file
+                raise
+            returned = response.get("ChecksumSHA256")
+            if returned and returned != b64:
+                raise RuntimeError(f"part {number}: the store reports checksum {returned}")
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": b64}
         finally:
             self._part_slots.release()
 
