@@ -16,7 +16,7 @@ import pytest
 
 import desimirror.pipeline.crawl
 from desimirror.errors import StateError, UsageError
-from desimirror.pipeline.crawl import _Concurrency, crawl, resolve_root, scan_directory
+from desimirror.pipeline.crawl import _TaskLimit, crawl, resolve_root, scan_directory
 from desimirror.state.manifest import Entry, Manifest
 from helpers import SHARED, assert_clean_error, run_cli
 
@@ -232,7 +232,7 @@ def test_tasks_in_flight_follow_the_rate(name: str, rate, low: int, high: int) -
     with latency, one where threads only fight over the GIL. A simulated clock: each
     finished task of 100 entries takes the time the modelled rate gives it."""
     now = [0.0]
-    concurrency = _Concurrency(128, adaptive=True, clock=lambda: now[0])
+    concurrency = _TaskLimit(128, adaptive=True, clock=lambda: now[0])
     limits = []
     for _ in range(20_000):
         concurrency.limited = True  # work is always waiting
@@ -241,7 +241,7 @@ def test_tasks_in_flight_follow_the_rate(name: str, rate, low: int, high: int) -
         limits.append(concurrency.limit)
     settled = limits[len(limits) // 2 :]
     assert low <= sorted(settled)[len(settled) // 2] <= high, name
-    assert _Concurrency(8, adaptive=False).limit == 8  # other executors: fixed
+    assert _TaskLimit(8, adaptive=False).limit == 8  # other executors: fixed
 
 
 def test_any_executor_will_do(tree: Path, tmp_path: Path) -> None:

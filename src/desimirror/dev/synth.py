@@ -618,7 +618,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-class _Writer:
+class _TreeWriter:
     """Writes planned entries under ``root``: random bytes, or holes when sparse."""
 
     FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -724,7 +724,7 @@ def synthesize(
         _check_space(root, totals.bytes)
     progress = progress or NullProgress()
     started = time.monotonic()
-    writer = _Writer(root, seed, sparse)
+    writer = _TreeWriter(root, seed, sparse)
     root.mkdir(parents=True, exist_ok=True)
     progress.start("synth", totals.files, totals.bytes)
     try:

@@ -61,14 +61,14 @@ def is_hex_sha256(text: str | None) -> bool:
 
 
 @dataclass
-class Listing:
+class ChecksumListing:
     """What one ``*.sha256sum`` file claims: manifest path -> hex digest, and what it could not."""
 
     claims: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
-def parse_sha256sum(data: bytes, directory: str) -> Listing:
+def parse_sha256sum(data: bytes, directory: str) -> ChecksumListing:
     """Parse ``sha256sum`` output (GNU text or binary mode, escaped names, or BSD tags).
 
     Names are relative to ``directory`` (the listing's own directory, a manifest path) and
@@ -76,7 +76,7 @@ def parse_sha256sum(data: bytes, directory: str) -> Listing:
     never a claim: a checksum file must not make the mirror look outside the tree.
     Repeated names with different digests are errors too; the first claim stands.
     """
-    listing = Listing()
+    listing = ChecksumListing()
     for number, raw in enumerate(data.split(b"\n"), start=1):
         line = raw[:-1] if raw.endswith(b"\r") else raw
         if not line.strip() or line.lstrip().startswith(b"#"):

@@ -19,7 +19,7 @@ budget (:data:`TASK_SECONDS`):
   yet, and they go out again as slices of that directory, so a directory of 100,000
   files is stat'ed by all workers at once instead of one call after another.
 
-How many tasks are in flight adapts too (:class:`_Concurrency`): threads only help while
+How many tasks are in flight adapts too (:class:`_TaskLimit`): threads only help while
 they wait on the filesystem; on a fast one they only fight over the GIL.
 
 Rows travel as plain tuples, grouped by directory. A forked writer process puts them into
@@ -68,7 +68,7 @@ try:
 except ImportError:  # not POSIX: no fork either, the thread writer is used
     fcntl = None  # type: ignore[assignment]
 
-#: Threads at most; how many are busy adapts (see _Concurrency), so a high default costs
+#: Threads at most; how many are busy adapts (see _TaskLimit), so a high default costs
 #: nothing on a local disk and serves a network filesystem.
 DEFAULT_WORKERS = 64
 #: A task's time budget: after it, a task stops descending into subdirectories and hands
@@ -82,7 +82,7 @@ CHECK_EVERY = 8
 MIN_SLICE = 16
 #: The most waiting directories handed to one task at once.
 MAX_DIRS_PER_TASK = 256
-#: How the number of tasks in flight is tuned (see _Concurrency): the measuring window;
+#: How the number of tasks in flight is tuned (see _TaskLimit): the measuring window;
 #: windows a new limit is on trial; the rise in rate that keeps a higher limit; the
 #: share of the rate a lower limit must keep; windows to wait after a failed rise (doubled
 #: after each, up to the most), and between tries lower.
@@ -125,7 +125,7 @@ Item = tuple[str, str, int, int | None, str | None, str | None, int, int, int]
 #: One directory's (or slice's) items: (directory, items).
 Group = tuple[str, list[Item]]
 #: What the writer gets at a time: groups of rows and (path, message) errors.
-Batch = tuple[list[Group], list[tuple[str, str]]]
+RowBatch = tuple[list[Group], list[tuple[str, str]]]
 
 #: Called with (directory's absolute path, its names) between listing a directory and
 #: stat'ing its entries: tests change the tree at exactly that moment through it.
@@ -164,7 +164,7 @@ class TreeRoot:
 
 
 @dataclass(slots=True)
-class Listing:
+class DirListing:
     """What one task found: rows, what is left to visit, errors and tallies.
 
     ``groups`` hold the rows, per directory; ``subdirs`` are directories found and not
@@ -309,19 +309,19 @@ def scan_directory(
     names: list[str] | None = None,
     budget: float = TASK_SECONDS,
     more: Sequence[str] = (),
-) -> Listing:
+) -> DirListing:
     """List directory ``rel`` (relative to the root) and stat its entries.
 
     Given ``names``, stat only those (a slice of a directory another task listed). Given
     none, list the directory; with time left after it, go on into its subdirectories,
     depth first, and into the directories of ``more`` (others waiting to be listed);
-    those not reached come back in ``Listing.subdirs``. Out of time in the middle of a
-    directory, hand back the rest of its names in ``Listing.rest``. Runs in a worker
+    those not reached come back in ``DirListing.subdirs``. Out of time in the middle of a
+    directory, hand back the rest of its names in ``DirListing.rest``. Runs in a worker
     (thread, process or Dask task). Errors are returned, not raised, so one bad entry
     or directory never stops the crawl.
     """
     started = time.monotonic()
-    out = Listing(rel)
+    out = DirListing(rel)
     if names is not None:
         _scan(tree, rel, names, out, None, started)
     else:
@@ -339,7 +339,7 @@ def _scan(
     tree: TreeRoot,
     rel: str,
     names: list[str] | None,
-    out: Listing,
+    out: DirListing,
     deadline: float | None,
     started: float,
 ) -> None:
@@ -405,7 +405,7 @@ def _stat_names(
     rel: str,
     fd: int,
     names: list[str],
-    out: Listing,
+    out: DirListing,
     deadline: float | None,
     started: float,
 ) -> None:
@@ -544,7 +544,7 @@ def classify_link(tree: TreeRoot, name: str, path: str, fd: int, st: os.stat_res
 # ---------------------------------------------------------------- how many in flight
 
 
-class _Concurrency:
+class _TaskLimit:
     """How many tasks to keep in flight: as many as make the crawl faster, no more.
 
     Threads help only while they wait on the filesystem. Measured on a warm local tree
@@ -643,7 +643,7 @@ def expand(groups: list[Group]) -> list[Row]:
     return rows
 
 
-def _write_batch(manifest: Manifest, crawl_id: int, batch: Batch) -> None:
+def _write_batch(manifest: Manifest, crawl_id: int, batch: RowBatch) -> None:
     groups, errors = batch
     rows = expand(groups)
     with manifest.atomic():
@@ -704,7 +704,7 @@ class _ThreadSink:
         self.stack.enter_context(manifest.bulk_load(drop_parent_index=drop_index))
         self.stack.enter_context(_Checkpointer(str(manifest.path)))
 
-    def write(self, batch: Batch) -> None:
+    def write(self, batch: RowBatch) -> None:
         _write_batch(self.manifest, self.crawl_id, batch)
 
     def close(self, ok: bool, sizes: list[tuple[int, str]] | None) -> None:
@@ -747,7 +747,7 @@ class _ProcessSink:
         self.out = os.fdopen(to_child, "wb")
         self.replies = os.fdopen(from_child, "rb", buffering=0)
 
-    def write(self, batch: Batch) -> None:
+    def write(self, batch: RowBatch) -> None:
         try:
             _send(self.out, marshal.dumps(("rows", *batch)))
         except OSError:  # the child is gone; close() says why
@@ -857,7 +857,7 @@ def _writer_process(db: str, crawl_id: int, drop_index: bool, inbox: int, outbox
     return 0 if reply == b"ok" else 1
 
 
-class _Writer:
+class _RowWriter:
     """Collects listings in the dispatching thread and hands batches to a sink.
 
     The dispatching thread only moves lists and adds up tallies; a sender thread
@@ -875,11 +875,11 @@ class _Writer:
         self.direct: dict[str, int] = {}  # directory -> bytes of the uploadables in it
         self.last_flush = time.monotonic()
         self.failure: BaseException | None = None
-        self.queue: queue.Queue[Batch | None] = queue.Queue(WRITE_QUEUE)
+        self.queue: queue.Queue[RowBatch | None] = queue.Queue(WRITE_QUEUE)
         self.thread = threading.Thread(target=self._loop, name="crawl-writer", daemon=True)
         self.thread.start()
 
-    def add(self, listing: Listing) -> None:
+    def add(self, listing: DirListing) -> None:
         """Queue one listing's rows and errors, and add up its tallies."""
         summary = self.summary
         summary.entries += listing.entries
@@ -1006,13 +1006,13 @@ def crawl(
     # the writer first: its process is forked before this crawl starts any thread
     fork = writer_process if writer_process is not None else hasattr(os, "fork")
     sink_type = _ProcessSink if fork else _ThreadSink
-    writer = _Writer(sink_type(manifest, crawl_id, drop_index=not recrawl), summary)
+    writer = _RowWriter(sink_type(manifest, crawl_id, drop_index=not recrawl), summary)
     own = executor is None
     pool = executor or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crawl")
     progress.start("crawl")
     ok = False
     try:
-        concurrency = _Concurrency(max(2 * workers, 2), adaptive=own)
+        concurrency = _TaskLimit(max(2 * workers, 2), adaptive=own)
         _run(tree, pool, concurrency, writer, progress, task_seconds)
         ok = True
     finally:
@@ -1034,8 +1034,8 @@ def crawl(
 def _run(
     tree: TreeRoot,
     pool: Executor,
-    concurrency: _Concurrency,
-    writer: _Writer,
+    concurrency: _TaskLimit,
+    writer: _RowWriter,
     progress: Progress,
     budget: float,
 ) -> None:
@@ -1069,7 +1069,7 @@ def _run(
             concurrency.limited = True
         future = done.get()
         in_flight -= 1
-        listing: Listing = future.result()
+        listing: DirListing = future.result()
         writer.add(listing)
         concurrency.update(listing.entries, listing.listed)
         if listing.listed:
