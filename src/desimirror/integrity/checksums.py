@@ -13,7 +13,7 @@ vocabulary what the bytes of a file must be:
   SeaweedFS), which is the only content proof an object written without checksums has.
 
 :class:`HashingReader` computes SHA-256 while a client reads a file to send it, so a file
-is read once for both; :func:`hash_file` is the explicit pass for when the sender reads
+is read once for both; :func:`hash_stream` is the explicit pass for when the sender reads
 the file itself (s5cmd) or nothing is sent at all (adopting an existing object).
 """
 
@@ -37,6 +37,14 @@ SUFFIX = ".sha256sum"
 
 
 # ---------------------------------------------------------------- encodings
+
+
+def corrupt_text(actual: str, published: str | None) -> str:
+    """The one message for bytes that are not what the release published."""
+    return (
+        f"the file's SHA-256 is {actual}, the release published {published}: "
+        "corrupt or changed at the source, not uploaded"
+    )
 
 
 def b64_of_hex(hex_digest: str) -> str:
@@ -289,12 +297,6 @@ def open_source(path: str) -> io.BufferedReader:
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     return os.fdopen(fd, "rb", buffering=CHUNK)
-
-
-def hash_file(path: str, part_size: int, *, md5: bool = True) -> FileDigests:
-    """:func:`hash_stream` over a local file (opened with :func:`open_source`)."""
-    with open_source(path) as stream:
-        return hash_stream(stream, part_size, md5=md5)
 
 
 class HashingReader(io.RawIOBase):

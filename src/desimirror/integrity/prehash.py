@@ -60,10 +60,12 @@ class Prehasher:
     def _hash(self, source: str, entry: Entry, part_size: int) -> FileDigests:
         started = time.monotonic()
         with self._open(source, entry) as stream:
-            _same(os.fstat(stream.fileno()), entry)
+            if self.tree is None:  # (opened beneath a tree, it was checked when opened)
+                _same(os.fstat(stream.fileno()), entry)
             digests = hash_stream(stream, part_size)
-            _same(os.fstat(stream.fileno()), entry)
-            if self.tree is not None:  # rewritten while read, even with its mtime set back
+            if self.tree is None:
+                _same(os.fstat(stream.fileno()), entry)
+            else:  # rewritten while read, even with its mtime set back
                 self.tree.check_fd(stream.fileno(), Signature.of_entry(entry))
         if digests.size != entry.size:
             raise FileChanged(f"read {digests.size} bytes, expected {entry.size}")

@@ -246,6 +246,16 @@ def _load_openat2():  # type: ignore[no-untyped-def]
     return syscall
 
 
+def unreadable(exc: BaseException) -> tuple[str, str]:
+    """(failure reason, message) for a source file that could not be read as the crawl
+    saw it: ``unsafe`` or ``changed`` from a refusal, ``changed`` for anything else."""
+    if isinstance(exc, SourceRefused):
+        return exc.reason, str(exc)
+    if isinstance(exc, OSError):
+        return "changed", f"cannot read: {exc.strerror or exc}"
+    return "changed", str(exc)
+
+
 _TREES: dict[str, SourceTree] = {}
 _TREES_LOCK = threading.Lock()
 

@@ -41,10 +41,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from desimirror.errors import IncompleteError, RemoteError, StateError, UsageError, redact
-from desimirror.integrity.checksums import guess_part_sizes, hex_of_b64, same_composite
+from desimirror.integrity.checksums import (
+    corrupt_text,
+    guess_part_sizes,
+    hex_of_b64,
+    same_composite,
+)
 from desimirror.integrity.prehash import FileChanged, Prehasher
 from desimirror.integrity.published import sync_published
-from desimirror.integrity.sourcetree import SourceRefused, SourceTree
+from desimirror.integrity.sourcetree import SourceRefused, SourceTree, unreadable
 from desimirror.progress import NullProgress, Progress
 from desimirror.retrying import backoff_delay
 from desimirror.state.manifest import MISMATCH, Entry, Manifest, UploadRecord
@@ -489,10 +494,12 @@ class _Uploader:
             try:
                 digests = self.hasher.digests(self._source(job), job.entry, part_size)
             except (FileChanged, SourceRefused, OSError) as exc:
-                self.recorder.failed_file(job.entry, _refusal_reason(exc), _read_error(exc))
+                self.recorder.failed_file(job.entry, *unreadable(exc))
                 continue
             if job.entry.sha256 and digests.sha256 != job.entry.sha256:
-                self.recorder.failed_file(job.entry, "corrupt", _corrupt_text(digests.sha256, job))
+                self.recorder.failed_file(
+                    job.entry, "corrupt", corrupt_text(digests.sha256, job.entry.sha256)
+                )
                 continue
             if info.etag == digests.etag:
                 self._confirm(
@@ -544,27 +551,8 @@ class _Uploader:
             yield todo[result.item.key], result
 
 
-def _refusal_reason(exc: BaseException) -> str:
-    return exc.reason if isinstance(exc, SourceRefused) else "changed"
-
-
 class StoreGaveUp(Exception):
     """The store answered nothing but failures for ``--give-up-after`` seconds."""
-
-
-def _read_error(exc: BaseException) -> str:
-    if isinstance(exc, (FileChanged, SourceRefused)):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"cannot read: {exc.strerror or exc}"
-    return str(exc)
-
-
-def _corrupt_text(actual: str, job: _Job) -> str:
-    return (
-        f"the file's SHA-256 is {actual}, the release published {job.entry.sha256}: "
-        "corrupt or changed at the source, not uploaded"
-    )
 
 
 def upload(

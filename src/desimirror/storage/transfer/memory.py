@@ -15,6 +15,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator
 
+from desimirror.integrity.checksums import corrupt_text
 from desimirror.integrity.sourcetree import SourceRefused, open_item, recheck_fd
 from desimirror.storage.throttle import Concurrency
 from desimirror.storage.transfer.base import (
@@ -55,8 +56,7 @@ class MemoryBackend:
             return self._failed(item, text, reason="changed")
         sha256 = hashlib.sha256(data).hexdigest()
         if item.sha256 and sha256 != item.sha256:
-            text = f"the file's SHA-256 is {sha256}, the release published {item.sha256}"
-            return self._failed(item, text, reason="corrupt")
+            return self._failed(item, corrupt_text(sha256, item.sha256), reason="corrupt")
         self.objects[item.key] = data
         etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
         return TransferResult(item, ok=True, etag=etag, sha256=sha256, proof="sha256")

@@ -53,6 +53,7 @@ from desimirror.integrity.checksums import (
     HashingReader,
     b64_of_hex,
     composite_sha256,
+    corrupt_text,
     hash_stream,
     hex_of_b64,
     multipart_etag,
@@ -260,7 +261,7 @@ class NativeBackend:
         stored = hex_of_b64(response.get("ChecksumSHA256") or "")
         if item.sha256 and sent is not None and sent != item.sha256:
             # a store that does not check checksums took bytes that differ from the release
-            raise _Corrupt(_corrupt_text(item, sent) + "; the store did not refuse them")
+            raise _Corrupt(corrupt_text(sent, item.sha256) + "; the store did not refuse them")
         digest = item.sha256 or sent or stored
         if stored is not None and digest is not None and stored != digest:
             raise RuntimeError(f"the store reports SHA-256 {stored}, the file has {digest}")
@@ -328,7 +329,7 @@ class NativeBackend:
             _check_size(os.fstat(stream.fileno()).st_size, item)
             actual = sent or hash_stream(stream, self.multipart_chunksize, md5=False).sha256
         if actual != item.sha256:
-            raise _Corrupt(_corrupt_text(item, actual))
+            raise _Corrupt(corrupt_text(actual, item.sha256))
 
     # -- multipart ------------------------------------------------------------------------
 
@@ -346,7 +347,7 @@ class NativeBackend:
                 # or not) would make a torn object: never completed
                 recheck_fd(stream.fileno(), item.signature)
                 if item.sha256 and whole != item.sha256:
-                    raise _Corrupt(_corrupt_text(item, whole) + "; the upload was aborted")
+                    raise _Corrupt(corrupt_text(whole, item.sha256) + "; the upload was aborted")
                 done = client.complete_multipart_upload(
                     Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 )
@@ -529,13 +530,6 @@ def _read_exact(stream: Any, size: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-def _corrupt_text(item: TransferItem, actual: str) -> str:
-    return (
-        f"the file's SHA-256 is {actual}, the release published {item.sha256}: "
-        "corrupt or changed at the source, not uploaded"
-    )
 
 
 def _check_key(key: str) -> None:

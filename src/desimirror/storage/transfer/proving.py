@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from desimirror.errors import redact
-from desimirror.integrity.checksums import FileDigests
+from desimirror.integrity.checksums import FileDigests, corrupt_text
 from desimirror.integrity.prehash import FileChanged, Prehasher
-from desimirror.integrity.sourcetree import SourceRefused, SourceTree
+from desimirror.integrity.sourcetree import SourceRefused, SourceTree, unreadable
 from desimirror.state.manifest import Entry
 from desimirror.storage.lookup import ObjectLookup
 from desimirror.storage.transfer.base import TransferBackend, TransferItem, TransferResult
@@ -112,7 +112,7 @@ class ProvenTransfer:
                 refused.append(_refused(item, exc))
                 continue
             if item.sha256 and digest.sha256 != item.sha256:
-                refused.append(_failed(item, _corrupt_text(digest.sha256, item), "corrupt"))
+                refused.append(_failed(item, corrupt_text(digest.sha256, item.sha256), "corrupt"))
                 continue
             # s5cmd opens the file by its path: the path must still lead to the hashed file
             # (the hash may be a chunk old); the ETag compared afterwards catches the rest
@@ -227,15 +227,8 @@ def _entry_of(item: TransferItem) -> Entry:
 
 
 def _refused(item: TransferItem, exc: BaseException) -> TransferResult:
-    reason = exc.reason if isinstance(exc, SourceRefused) else "changed"
-    text = str(exc) if isinstance(exc, (FileChanged, SourceRefused)) else _os_text(exc)
+    reason, text = unreadable(exc)
     return _failed(item, text, reason)
-
-
-def _os_text(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return f"cannot read: {exc.strerror or exc}"
-    return str(exc)
 
 
 def _failed(item: TransferItem, text: str, reason: str | None = None) -> TransferResult:
@@ -245,11 +238,4 @@ def _failed(item: TransferItem, text: str, reason: str | None = None) -> Transfe
         error=redact(f"PUT {shown(item.key)}: {text}"),
         retryable=reason is None,
         reason=reason,
-    )
-
-
-def _corrupt_text(actual: str, item: TransferItem) -> str:
-    return (
-        f"the file's SHA-256 is {actual}, the release published {item.sha256}: "
-        "corrupt or changed at the source, not uploaded"
     )
