@@ -16,7 +16,8 @@ import pytest
 
 import desimirror.pipeline.crawl
 from desimirror.errors import StateError, UsageError
-from desimirror.pipeline.crawl import _TaskLimit, crawl, resolve_root, scan_directory
+from desimirror.pipeline.crawl import crawl, resolve_root, scan_directory
+from desimirror.pipeline.crawl.tasklimit import TaskLimit
 from desimirror.state.manifest import Entry, Manifest
 from helpers import SHARED, assert_clean_error, run_cli
 
@@ -202,7 +203,7 @@ def test_entries_that_vanish_between_listing_and_stat(
             os.unlink(os.path.join(directory, "dir", "inner.fits"))
             os.rmdir(os.path.join(directory, "dir"))
 
-    monkeypatch.setattr(desimirror.pipeline.crawl, "before_stat", delete)
+    monkeypatch.setattr(desimirror.pipeline.crawl.walk, "before_stat", delete)
     summary = crawl(root, manifest, workers=2)
     assert set(rows(manifest)) == {"", "sub", "sub/kept.fits"}
     assert sorted(summary.error_examples) == [
@@ -232,7 +233,7 @@ def test_tasks_in_flight_follow_the_rate(name: str, rate, low: int, high: int) -
     with latency, one where threads only fight over the GIL. A simulated clock: each
     finished task of 100 entries takes the time the modelled rate gives it."""
     now = [0.0]
-    concurrency = _TaskLimit(128, adaptive=True, clock=lambda: now[0])
+    concurrency = TaskLimit(128, adaptive=True, clock=lambda: now[0])
     limits = []
     for _ in range(20_000):
         concurrency.limited = True  # work is always waiting
@@ -241,7 +242,7 @@ def test_tasks_in_flight_follow_the_rate(name: str, rate, low: int, high: int) -
         limits.append(concurrency.limit)
     settled = limits[len(limits) // 2 :]
     assert low <= sorted(settled)[len(settled) // 2] <= high, name
-    assert _TaskLimit(8, adaptive=False).limit == 8  # other executors: fixed
+    assert TaskLimit(8, adaptive=False).limit == 8  # other executors: fixed
 
 
 def test_any_executor_will_do(tree: Path, tmp_path: Path) -> None:

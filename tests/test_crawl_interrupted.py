@@ -23,8 +23,8 @@ from integrity_helpers import upload, verify
 DIRS, FILES = 60, 20
 # The crawl as the installed command runs it, each directory slowed to 50 ms.
 SLOW_CRAWL = (
-    "import sys, time; import desimirror.pipeline.crawl as c; "
-    "c.before_stat = lambda d, names: time.sleep(0.05); "
+    "import sys, time; import desimirror.pipeline.crawl as c, desimirror.pipeline.crawl.walk as w; "
+    "w.before_stat = lambda d, names: time.sleep(0.05); "
     "from desimirror.cli import main; sys.argv[0] = 'desimirror'; main()"
 )
 

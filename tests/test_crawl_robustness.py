@@ -2,7 +2,7 @@
 
 Every case ends the same way: the crawl finishes, records what it could, and records an
 error with the path for what it could not; ``status`` and the crawl summary count them.
-Races are provoked deterministically through :data:`desimirror.pipeline.crawl.before_stat`, the
+Races are provoked deterministically through :data:`desimirror.pipeline.crawl.walk.before_stat`, the
 moment between listing a directory and stat'ing its entries.
 """
 
@@ -210,7 +210,7 @@ def test_entries_that_vanish_or_change_during_the_crawl(
             assert sorted(names) == ["busy", "later"]
             shutil.rmtree(root / "later")  # listed, gone before it is stat'ed
 
-    monkeypatch.setattr(desimirror.pipeline.crawl, "before_stat", change)
+    monkeypatch.setattr(desimirror.pipeline.crawl.walk, "before_stat", change)
     summary = crawl(root, manifest, workers=4)
     got = all_rows(manifest)
     assert set(got) == {
@@ -251,14 +251,14 @@ def test_a_directory_replaced_after_it_was_stat_ed(
             os.rename(root / "sub", tmp_path / "moved")
             os.symlink(outside, root / "sub")
 
-    monkeypatch.setattr(desimirror.pipeline.crawl, "before_stat", swap)
+    monkeypatch.setattr(desimirror.pipeline.crawl.walk, "before_stat", swap)
     # the root's own listing triggers the swap before "sub" is stat'ed: it is a link now
     summary = crawl(root, manifest)
     assert manifest.get("sub").kind == "link"
     assert manifest.get("sub/secret.fits") is None
     assert summary.bytes == 0
     # and when the swap comes after the lstat: the listing refuses the link
-    monkeypatch.setattr(desimirror.pipeline.crawl, "before_stat", None)
+    monkeypatch.setattr(desimirror.pipeline.crawl.walk, "before_stat", None)
     tree = resolve_root(root)
     os.unlink(root / "sub")
     os.rename(tmp_path / "moved", root / "sub")
@@ -488,7 +488,9 @@ def test_a_failing_writer_fails_the_crawl_cleanly(
     def broken(*_: object) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(desimirror.pipeline.crawl, "_write_batch", broken)  # the fork inherits it
+    monkeypatch.setattr(
+        desimirror.pipeline.crawl.rowwriter, "_write_batch", broken
+    )  # the fork inherits it
     with pytest.raises(StateError, match="database or disk is full"):
         crawl(root, manifest)
     monkeypatch.undo()
@@ -502,13 +504,14 @@ def test_a_failing_writer_fails_the_crawl_cleanly(
 _KILLED_MID_CRAWL = """
 import os, signal, sys
 import desimirror.pipeline.crawl as c
+import desimirror.pipeline.crawl.walk as w
 from desimirror.state.manifest import Manifest
 seen = []
 def die(directory, names):
     seen.append(directory)
     if len(seen) == 40:
         os.kill(os.getpid(), signal.SIGKILL)
-c.before_stat = die
+w.before_stat = die
 with Manifest.open(sys.argv[2], create=True) as m:
     c.crawl(sys.argv[1], m, workers=2, task_seconds=0.0)
 """

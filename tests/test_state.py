@@ -184,3 +184,22 @@ def test_an_unfinished_crawl_is_refused_unless_planned_partial(manifest: Manifes
     assert "did not finish" in manifest.require_whole_tree("upload")
     manifest.close_crawl(crawl)
     assert manifest.require_whole_tree("upload") is None
+
+
+def test_the_first_pinned_target_stays_and_the_endpoint_follows_the_last_run(
+    manifest: Manifest,
+) -> None:
+    from desimirror.storage import target
+
+    manifest.bind_root("/data/edr", "edr")
+    keymap = target.keymap_for(manifest, "desidata", None, ())
+    target.pin(manifest, "desidata", keymap, "http://user:secret@127.0.0.1:9000")
+    assert manifest.pinned_target() == {"bucket": "desidata", "prefix": "edr", "remap": []}
+    assert manifest.last_endpoint() == "http://127.0.0.1:9000"  # never the credentials
+    with pytest.raises(StateError, match="mirrors to s3://desidata/edr/, not s3://other/edr/"):
+        target.keymap_for(manifest, "other", None, ())
+    with pytest.raises(StateError, match=r"not s3://desidata/edr/ \(remap"):
+        target.keymap_for(manifest, "desidata", None, ("edr/a=edr/b",))
+    target.pin(manifest, "desidata", keymap, "http://127.0.0.2:9000")
+    assert manifest.last_endpoint() == "http://127.0.0.2:9000"
+    assert target.pinned_keymap(manifest)[0] == "desidata"

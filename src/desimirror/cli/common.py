@@ -147,13 +147,13 @@ def resolve_target(
 
     Options that disagree with the pin are passed on as given, for the caller to refuse.
     """
-    from desimirror.pipeline.upload import pinned_keymap
     from desimirror.storage.s3client import endpoint_url as resolved_endpoint
     from desimirror.storage.s3client import parse_bucket_url
+    from desimirror.storage.target import pinned_keymap
     from desimirror.storage.transfer import S3Target
 
     pinned_bucket, layout = None, None
-    if manifest.get_meta("target") is not None:
+    if manifest.pinned_target() is not None:
         pinned_bucket, keymap = pinned_keymap(manifest)
         layout = keymap.describe()
     if bucket is None:
@@ -173,7 +173,7 @@ def resolve_target(
         prefix = str(layout["prefix"])
     if same_bucket and not remap:
         remap = tuple(layout["remap"])  # type: ignore[arg-type]
-    endpoint = endpoint_url or manifest.get_meta("endpoint_url")
+    endpoint = endpoint_url or manifest.last_endpoint()
     target = S3Target(bucket=name, endpoint_url=endpoint, no_sign_request=no_sign_request)
     resolved_endpoint(target)  # a malformed one (given, from the environment or pinned): exit 2
     return Destination(target, prefix, tuple(remap), pinned=same_bucket)
@@ -184,7 +184,7 @@ def pinned_target(
 ) -> tuple[Any, Any]:
     """(target, key map) for commands that read a mirror (verify, manifest publish): the
     db's pinned target, which --bucket, if given, must name (with its prefix, if any)."""
-    from desimirror.pipeline.upload import pinned_keymap
+    from desimirror.storage.target import pinned_keymap
 
     pinned_bucket, keymap = pinned_keymap(manifest)
     dest = resolve_target(manifest, bucket, endpoint_url, no_sign_request)

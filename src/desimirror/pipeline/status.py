@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from desimirror.progress import throughput
@@ -32,7 +31,6 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
     # as of the last upload run: recomputing it here would cost a query per batch
     batches_total, batches_done = manifest.batch_counts()
     crawl = manifest.last_crawl()
-    pinned = manifest.get_meta("target")
     proofs = manifest.proof_counts()
     adopted = manifest.adopted_count()
     gone = len(manifest.gone_uploads())
@@ -44,7 +42,7 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
     return {
         "db": str(manifest.path),
         "root": manifest.root or manifest.root_name,
-        "target": json.loads(pinned) if pinned else None,
+        "target": manifest.pinned_target(),
         "selection": subdir or ".",
         "files": totals["files"],
         "bytes": totals["bytes"],

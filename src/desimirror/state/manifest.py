@@ -15,8 +15,9 @@ index answers without recursion.
 :class:`Manifest` is put together from one class per group of tables, each in its own
 module: :mod:`~desimirror.state.db` (the file, the lock, transactions, ``meta``),
 :mod:`~desimirror.state.entries` (crawls and the tree), :mod:`~desimirror.state.batches`
-(the plan), :mod:`~desimirror.state.uploads` (what the bucket holds, failures, runs) and
-:mod:`~desimirror.state.checksum_claims` (the release's published checksums). The records
+(the plan), :mod:`~desimirror.state.uploads` (what the bucket holds, failures, runs) ,
+:mod:`~desimirror.state.checksum_claims` (the release's published checksums) and
+:mod:`~desimirror.state.target` (the bucket and layout a mirror is pinned to). The records
 and the vocabulary are in :mod:`~desimirror.state.records`; stages import all of it from
 here.
 """
@@ -43,6 +44,7 @@ from desimirror.state.records import (
     roll_up,
     subtree_range,
 )
+from desimirror.state.target import TargetPin
 from desimirror.state.uploads import UploadTables
 
 __all__ = [
@@ -69,6 +71,6 @@ __all__ = [
 ]
 
 
-class Manifest(BatchTables, UploadTables, PublishedClaims):
+class Manifest(BatchTables, UploadTables, PublishedClaims, TargetPin):
     """A connection to one mirror's state db, with every table's methods. Use
     :meth:`open`; close when done."""

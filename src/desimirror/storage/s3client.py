@@ -123,6 +123,12 @@ def check_endpoint_url(url: str | None, source: str = "--endpoint-url") -> str |
     return text
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` without any ``user:password@``: what may be stored and shown."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def parse_bucket_url(url: str) -> tuple[str, str]:
     """``s3://NAME[/PREFIX]`` (or a bare ``NAME[/PREFIX]``) → (NAME, PREFIX without slashes).
 
