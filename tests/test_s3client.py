@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from desimirror.errors import RemoteError
 from desimirror.storage.s3client import (
     check_bucket,
+    check_readable,
     describe_error,
     endpoint_url,
     is_throttle,
@@ -52,6 +53,30 @@ def test_check_bucket_missing_bucket(s3):
     where = re.escape(s3.endpoint_url)
     with pytest.raises(RemoteError, match=rf"^bucket desimirror-absent does not exist at {where}$"):
         check_bucket(client, "desimirror-absent")
+
+
+@pytest.mark.s3
+@pytest.mark.usefixtures("aws_env")
+def test_check_readable_wants_something_under_the_prefix(s3, bucket):
+    client = make_client(S3Target(bucket, endpoint_url=s3.endpoint_url))
+    client.put_object(Bucket=bucket, Key="edr/a.fits", Body=b"x")
+    check_readable(client, bucket, "edr")
+    check_readable(client, bucket)
+    with pytest.raises(
+        RemoteError, match=rf"^nothing under s3://{bucket}/dr9 at .*check the prefix$"
+    ):
+        check_readable(client, bucket, "dr9")
+    with pytest.raises(RemoteError, match=r"^bucket desimirror-absent does not exist at "):
+        check_readable(client, "desimirror-absent", "edr")
+
+
+@pytest.mark.s3
+@pytest.mark.usefixtures("aws_env")
+def test_check_readable_says_which_way_to_sign(s3, bucket, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Wr0ngSecretValue+" + "x" * 23)
+    client = make_client(S3Target(bucket, endpoint_url=s3.endpoint_url), max_attempts=1)
+    with pytest.raises(RemoteError, match=r"denied.*for a public bucket use --no-sign-request$"):
+        check_readable(client, bucket, sleep=lambda _: None)
 
 
 def test_check_bucket_unreachable_endpoint(monkeypatch):

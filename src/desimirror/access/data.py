@@ -103,7 +103,7 @@ def resolve(path: str, *, release: str | None = None, config: AccessConfig | Non
 def _s3(config: AccessConfig, block_size: int):
     import s3fs
 
-    from desimirror.access.mount import parse_bucket_url
+    from desimirror.storage.s3client import parse_bucket_url
 
     bucket, prefix = parse_bucket_url(config.bucket)
     fs = s3fs.S3FileSystem(

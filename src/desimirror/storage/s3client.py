@@ -347,6 +347,51 @@ def check_bucket(
         raise bucket_error(client, bucket, exc) from None
 
 
+def check_readable(
+    client: Any,
+    bucket: str,
+    prefix: str = "",
+    *,
+    unsigned: bool = False,
+    attempts: int = 4,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """:func:`check_bucket` for a reader (a mount, a download): one listing of at most one
+    key, which a public bucket allows where HeadBucket may be refused, and which also
+    fails, in one line, on a prefix that holds nothing."""
+    from botocore import exceptions as bx
+
+    def worth_another_attempt(exc: BaseException) -> bool:
+        unreachable = isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError)
+        return not unreachable and _is_transient(exc)
+
+    where = f"s3://{bucket}" + (f"/{prefix}" if prefix else "")
+    try:
+        listing = retry_call(
+            lambda: client.list_objects_v2(
+                Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1
+            ),
+            attempts=attempts,
+            base=0.5,
+            cap=10.0,
+            jitter=False,
+            retry_on=worth_another_attempt,
+            sleep=sleep,
+        )
+    except (bx.BotoCoreError, bx.ClientError) as exc:
+        error = bucket_error(client, bucket, exc)
+        if "denied" in str(error) or isinstance(exc, bx.NoCredentialsError):
+            hint = (
+                "requests were unsigned; drop --no-sign-request to use your AWS credentials"
+                if unsigned
+                else "for a public bucket use --no-sign-request"
+            )
+            raise RemoteError(f"{error}; {hint}") from None
+        raise error from None
+    if prefix and not listing.get("KeyCount"):
+        raise RemoteError(f"nothing under {where} at {_endpoint_of(client)}; check the prefix")
+
+
 def _is_transient(exc: BaseException) -> bool:
     from botocore import exceptions as bx
 
