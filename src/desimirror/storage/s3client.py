@@ -327,24 +327,10 @@ def check_bucket(
     million identical per-file failures. A transient failure (a 503, a reset connection)
     is tried again a few times: a flaky endpoint must not stop a run before it starts.
     """
-    from botocore import exceptions as bx
-
-    def worth_another_attempt(exc: BaseException) -> bool:
-        unreachable = isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError)
-        return not unreachable and _is_transient(exc)
-
     try:
-        retry_call(
-            lambda: client.head_bucket(Bucket=bucket),
-            attempts=attempts,
-            base=0.5,
-            cap=10.0,
-            jitter=False,
-            retry_on=worth_another_attempt,
-            sleep=sleep,
-        )
-    except (bx.BotoCoreError, bx.ClientError) as exc:
-        raise bucket_error(client, bucket, exc) from None
+        _ask_bucket(client, bucket, lambda: client.head_bucket(Bucket=bucket), attempts, sleep)
+    except _BucketRefused as refused:
+        raise refused.error from None
 
 
 def check_readable(
@@ -361,26 +347,16 @@ def check_readable(
     fails, in one line, on a prefix that holds nothing."""
     from botocore import exceptions as bx
 
-    def worth_another_attempt(exc: BaseException) -> bool:
-        unreachable = isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError)
-        return not unreachable and _is_transient(exc)
-
-    where = f"s3://{bucket}" + (f"/{prefix}" if prefix else "")
-    try:
-        listing = retry_call(
-            lambda: client.list_objects_v2(
-                Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1
-            ),
-            attempts=attempts,
-            base=0.5,
-            cap=10.0,
-            jitter=False,
-            retry_on=worth_another_attempt,
-            sleep=sleep,
+    def list_one() -> Any:
+        return client.list_objects_v2(
+            Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1
         )
-    except (bx.BotoCoreError, bx.ClientError) as exc:
-        error = bucket_error(client, bucket, exc)
-        if "denied" in str(error) or isinstance(exc, bx.NoCredentialsError):
+
+    try:
+        listing = _ask_bucket(client, bucket, list_one, attempts, sleep)
+    except _BucketRefused as refused:
+        error = refused.error
+        if "denied" in str(error) or isinstance(refused.cause, bx.NoCredentialsError):
             hint = (
                 "requests were unsigned; drop --no-sign-request to use your AWS credentials"
                 if unsigned
@@ -389,7 +365,42 @@ def check_readable(
             raise RemoteError(f"{error}; {hint}") from None
         raise error from None
     if prefix and not listing.get("KeyCount"):
+        where = f"s3://{bucket}/{prefix}"
         raise RemoteError(f"nothing under {where} at {_endpoint_of(client)}; check the prefix")
+
+
+class _BucketRefused(Exception):
+    """:func:`_ask_bucket`'s failure: the one-line error, and the client's exception."""
+
+    def __init__(self, error: RemoteError, cause: BaseException) -> None:
+        super().__init__(str(error))
+        self.error, self.cause = error, cause
+
+
+def _ask_bucket(
+    client: Any, bucket: str, request: Callable[[], Any], attempts: int, sleep: Callable
+) -> Any:
+    """``request()`` about ``bucket``, tried again on transient failures (not on an
+    unreachable endpoint, which will not come back in seconds); a failure becomes
+    :class:`_BucketRefused` carrying :func:`bucket_error`'s line."""
+    from botocore import exceptions as bx
+
+    def worth_another_attempt(exc: BaseException) -> bool:
+        unreachable = isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError)
+        return not unreachable and _is_transient(exc)
+
+    try:
+        return retry_call(
+            request,
+            attempts=attempts,
+            base=0.5,
+            cap=10.0,
+            jitter=False,
+            retry_on=worth_another_attempt,
+            sleep=sleep,
+        )
+    except (bx.BotoCoreError, bx.ClientError) as exc:
+        raise _BucketRefused(bucket_error(client, bucket, exc), exc) from None
 
 
 def _is_transient(exc: BaseException) -> bool:
