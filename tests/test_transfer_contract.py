@@ -107,6 +107,9 @@ def test_one_result_per_item_also_from_a_generator(backend, tmp_path: Path) -> N
     for rel, data in files.items():
         assert by_key[f"edr/{rel}"].ok, by_key[f"edr/{rel}"].error
         assert read(f"edr/{rel}") == data
+    note = sender.validation_note()  # what status and verify say about the store
+    if note is not None:
+        assert sum(note["proven_by"].values()) == note["files"] <= len(files)
 
 
 def test_corrupt_bytes_are_refused_and_each_result_says_what_the_object_holds(

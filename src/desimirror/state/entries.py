@@ -306,7 +306,8 @@ class EntryTables(StateDb):
           checksummed prefix of whole transactions, the guarantee NORMAL gives. A crash of
           the crawl loses at most its rows not yet committed: the crawl is run again.
         - ``ignore_check_constraints``: the kind column's ``CHECK (kind IN (...))`` costs
-          about 2 µs a row (SQLite rebuilds the IN list at every statement run); the crawl
+          a measurable share of a row's insert (SQLite rebuilds the IN list at every
+          statement run); the crawl
           writes only its own four constants.
         - ``drop_parent_index`` (a first crawl: nobody can be reading the tree yet):
           building ``entries_by_parent`` once at the end, by sorting, costs a fraction of

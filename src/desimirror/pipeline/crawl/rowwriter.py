@@ -72,7 +72,7 @@ class _Checkpointer:
 
     The writer never checkpoints during a crawl (:meth:`Manifest.bulk_load`), so without
     this the WAL would grow to the size of the whole crawl and be copied and synced in
-    one go after the last row: about 0.3 s per 360k entries here. A second connection in
+    one go after the last row, while nothing else happens. A second connection in
     its own thread does it every :data:`CHECKPOINT_SECONDS` instead, while the tree is
     being listed; a PASSIVE checkpoint never blocks the writer, and syncs the WAL before
     copying and the database after, like any other.
@@ -105,7 +105,7 @@ class _ThreadSink:
 
     The fallback where the OS cannot fork. SQLite runs without the GIL, but
     ``executemany`` takes the GIL back after every row, and busy scanning threads make it
-    wait for it each time (10-20 µs a row measured here, against ~3 µs alone).
+    wait for it each time (several times the cost of a row written alone).
     """
 
     def __init__(self, manifest: Manifest, crawl_id: int, drop_index: bool) -> None:
@@ -126,9 +126,9 @@ class _ThreadSink:
 class _ProcessSink:
     """Writes batches in a forked child process with its own connection and its own GIL.
 
-    Measured on a warm local tree, a writer thread inside the crawling process waited
-    10-20 µs a row for the GIL while the scanning threads held it; the child spends
-    ~3.5 µs a row, in parallel with the scan. Batches travel marshalled (plain tuples and
+    A writer thread inside the crawling process waits for the GIL at every row while the
+    scanning threads hold it; the child writes a row in a fraction of that time, in
+    parallel with the scan (bench/CRAWL.md). Batches travel marshalled (plain tuples and
     lists: faster than pickle, and both ends are this interpreter) through a pipe,
     length-prefixed. The child builds the index once the rows are in, also if the crawl
     dies (it sees the pipe close). It is forked before the crawl starts any thread and

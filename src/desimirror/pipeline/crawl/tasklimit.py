@@ -27,12 +27,12 @@ DIR_WEIGHT = 8
 class TaskLimit:
     """How many tasks to keep in flight: as many as make the crawl faster, no more.
 
-    Threads help only while they wait on the filesystem. Measured on a warm local tree
-    (2 cores), every task in flight beyond one made the crawl slower, the threads
-    spending their time handing the GIL to each other: 250k entries/s with 1 in flight,
-    35k with 8, 25k with 64. With 1 ms of latency per call the same crawl wants 64 in
-    flight. Neither CPU load nor CPU per entry tells the two apart reliably (on FUSE the
-    kernel's share per call swings fivefold), so the limit climbs the one measure that
+    Threads help only while they wait on the filesystem. On a warm local tree every task
+    in flight beyond one makes the crawl slower (the threads spend their time handing the
+    GIL to each other: several times slower at 8 or 64 in flight); with a millisecond of
+    latency per call the same crawl wants 64 in flight (bench/CRAWL.md has the figures).
+    Neither CPU load nor CPU per entry tells the two apart reliably (on FUSE the kernel's
+    share per call swings fivefold), so the limit climbs the one measure that
     matters, the rate of work done (entries, and directories weighted by their extra
     calls). Each window (:data:`WINDOW_SECONDS`, and at least as many tasks as the
     limit) gives a rate. While work waits for a slot, a higher limit is tried for

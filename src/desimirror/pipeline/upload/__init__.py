@@ -209,8 +209,7 @@ def _note_validation(
     manifest: Manifest, backend: transfer.TransferBackend, summary: UploadSummary
 ) -> None:
     """Say it, and keep it for status and verify, when the store checked no checksums."""
-    note_of = getattr(backend, "validation_note", None)
-    note = note_of() if note_of is not None else None
+    note = backend.validation_note()
     if note:
         summary.warnings.append(validation_text(note))
         manifest.record_store_note("validation", note)

@@ -100,6 +100,11 @@ class TransferBackend(Protocol):
         them; the others ignore it)."""
         ...
 
+    def validation_note(self) -> dict[str, object] | None:
+        """None if the store checked a checksum for every file sent so far; else what
+        proved the ones it did not (see :func:`desimirror.storage.health.validation_text`)."""
+        ...
+
     def close(self) -> None:
         """Release clients, pools and child processes."""
         ...

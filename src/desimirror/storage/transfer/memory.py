@@ -75,5 +75,9 @@ class MemoryBackend:
     def prepare(self, items: Iterable[TransferItem]) -> None:
         """Nothing to do ahead: files are read when they are sent."""
 
+    def validation_note(self) -> dict[str, object] | None:
+        """None: this store checks every SHA-256 it is sent."""
+        return None
+
     def close(self) -> None:
         """Nothing to release: no client, pool or child process."""

@@ -348,6 +348,11 @@ class S5cmdBackend:
     def prepare(self, items: Iterable[TransferItem]) -> None:
         """Nothing to do ahead: files are read when they are sent."""
 
+    def validation_note(self) -> dict[str, object] | None:
+        """None: s5cmd sends no checksum for the store to check; :mod:`.proving` proves
+        its objects by their ETags."""
+        return None
+
     def close(self) -> None:
         """Kill any s5cmd still running (a batch abandoned without being closed)."""
         with self._lock:
