@@ -74,10 +74,6 @@ class Signature:
     def of_entry(cls, entry: Entry) -> Signature:
         return cls(entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino, entry.dev)
 
-    @classmethod
-    def of_stat(cls, st: os.stat_result) -> Signature:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
-
     def difference(self, now: os.stat_result, *, compare_dev: bool = True) -> str | None:
         """Why ``now`` is not this version of the file, or None if it is."""
         if now.st_size != self.size:

@@ -56,28 +56,6 @@ _READ_CHARS = 1 << 20
 # ---------------------------------------------------------------- writing
 
 
-def node_type(entry: Entry) -> int | None:
-    """The find.json type of an entry, or None if the original format has no place for it.
-
-    Links to files inside the tree are files (the original followed links; these are
-    uploaded with the target's bytes). Dangling links and 'other' entries are unknowns,
-    as the original wrote them. Links to directories and links leaving the tree are left
-    out: the original followed them too, which listed a subtree twice or data from outside
-    the release; here a directory appears once, at its real place, and nothing outside.
-    """
-    if entry.kind == "dir":
-        return DIRECTORY
-    if entry.kind == "file":
-        return FILE
-    if entry.kind == "other":
-        return UNKNOWN
-    if entry.link_kind == "file":
-        return FILE
-    if entry.link_kind == "broken":
-        return UNKNOWN
-    return None
-
-
 def write_tree_json(manifest: Manifest, out: TextIO) -> int:
     """Write the manifest's tree to ``out`` in the seed format; returns the nodes written.
 

@@ -205,13 +205,11 @@ class EntryTables(StateDb):
         for row in rows:
             yield self._entry(row)
 
-    def count_entries(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT kind, count(*) FROM entries GROUP BY kind"))
-
     # A directory's nodes in the seed's order, straight from the parent index: the type as
     # find.json has it (0 directory, 1 uploadable, -1 other or broken; links to directories
-    # and out of the tree are left out), then the name. SQLite compares text in its default
-    # BINARY collation byte by byte, which for UTF-8 is code point order: the order
+    # and out of the tree are left out: the original followed them, which listed a subtree
+    # twice or data from outside the release), then the name. SQLite compares text in its
+    # default BINARY collation byte by byte, which for UTF-8 is code point order: the order
     # Python's sort and the original's give. No Entry objects: a million of them cost more
     # than all the queries.
     _TYPED_CHILDREN = """

@@ -13,20 +13,6 @@ from desimirror.state.records import UPLOADABLE, Entry, RunTotals, UploadRecord,
 class UploadTables(EntryTables):
     """The ``uploads``, ``failures`` and ``upload_runs`` tables."""
 
-    def is_done(self, entry: Entry) -> bool:
-        """True when the object for this entry was confirmed with the entry's size and mtime
-        (and, where both are known, with the entry's reference SHA-256)."""
-        row = self.conn.execute(
-            "SELECT size, mtime_ns, sha256, ctime_ns, ino, dev FROM uploads WHERE path = ?",
-            (entry.path,),
-        ).fetchone()
-        if row is None or row[:2] != (entry.size, entry.mtime_ns):
-            return False
-        sent_as = None if None in row[3:] else tuple(row[3:])
-        if sent_as is not None and entry.identity is not None and sent_as != entry.identity:
-            return False
-        return row[2] is None or entry.sha256 is None or row[2] == entry.sha256
-
     # Done = confirmed with the current size, mtime and identity (where both sides know
     # it), and not contradicted by the reference checksum (a *.sha256sum that changed
     # under an unchanged file).
