@@ -1,0 +1,209 @@
+"""``desimirror serve``: the live page over HTTP, from the standard library.
+
+Why ``http.server``: the page is a handful of GET requests every few seconds from one or a
+few browsers; a threaded standard-library server needs no dependency and no event loop,
+and each request is one query against the state db. The db is opened once, without the
+write lock, and the connection is made read-only (:func:`treeview.read_only`). An answer
+is computed again only when another connection committed since (SQLite's
+``data_version``), and while an upload commits every second, no more often than three
+times the time the answer took: a viewer never takes more than a fraction of a core from
+the upload it watches.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import http.cookies
+import ipaddress
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from desimirror.errors import UsageError
+from desimirror.state import treeview
+from desimirror.state.manifest import FAILURE_REASONS, Manifest
+from desimirror.view import data, page
+
+REFRESH_SECONDS = 3.0
+COOKIE = "desimirror_view_token"
+_CACHE_ENTRIES = 256
+
+
+def check_address(ip: str, token: str | None) -> None:
+    """Another address than loopback only with a token: the page shows every path."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        raise UsageError(f"--ip {ip!r} is not an IP address (e.g. 127.0.0.1)") from None
+    if not address.is_loopback and not token:
+        raise UsageError(f"--ip {ip} would show the mirror to other machines: give --token as well")
+
+
+@dataclass
+class _Answer:
+    token: int
+    at: float
+    cost: float
+    body: bytes
+
+
+class Answers:
+    """JSON answers computed from one read-only connection, one at a time, and kept until
+    the db changes (see the module's docstring)."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.lock = threading.Lock()
+        self.cache: dict[tuple, _Answer] = {}
+
+    def get(self, key: tuple, compute: Callable[[Manifest], Any]) -> bytes:
+        with self.lock:
+            version = treeview.change_token(self.manifest)
+            now = time.monotonic()
+            kept = self.cache.get(key)
+            if kept and (kept.token == version or now - kept.at < 3 * kept.cost):
+                return kept.body
+            body = json.dumps(compute(self.manifest), allow_nan=False).encode()
+            if len(self.cache) >= _CACHE_ENTRIES:
+                self.cache.clear()
+            self.cache[key] = _Answer(version, now, time.monotonic() - now, body)
+            return body
+
+
+class ViewServer(ThreadingHTTPServer):
+    """The page, its static files and its API (``api/summary``, ``api/tree?path=``,
+    ``api/failures?reason=&q=&under=``), on one address."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        host: str,
+        port: int,
+        token: str | None,
+        refresh: float = REFRESH_SECONDS,
+    ) -> None:
+        self.answers = Answers(manifest)
+        self.token = token
+        self.refresh = refresh
+        if ipaddress.ip_address(host).version == 6:
+            self.address_family = socket.AF_INET6
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"port {port} on {host} is in use: pick another with --port"
+                ) from None
+            raise UsageError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/" + (f"?token={self.token}" if self.token else "")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ViewServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: a refresh every few seconds would fill the terminal."""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        if not self._allowed(query):
+            self._send(HTTPStatus.FORBIDDEN, b"a token is needed: open the URL serve printed\n")
+            return
+        route = url.path.lstrip("/")
+        try:
+            if route in ("", "index.html"):
+                self._send(
+                    HTTPStatus.OK, page.live_page(self.server.refresh), "text/html; charset=utf-8"
+                )
+            elif route.startswith("static/"):
+                self._static(route.removeprefix("static/"))
+            elif route.startswith("api/"):
+                self._api(route.removeprefix("api/"), query)
+            else:
+                self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+        except BrokenPipeError:
+            pass
+
+    def _allowed(self, query: dict[str, str]) -> bool:
+        wanted = self.server.token
+        if not wanted:
+            return True
+        given = query.get("token")
+        if given is None:
+            cookies = http.cookies.SimpleCookie(self.headers.get("Cookie", ""))
+            given = cookies[COOKIE].value if COOKIE in cookies else ""
+        return hmac.compare_digest(given.encode(), wanted.encode())
+
+    def _static(self, name: str) -> None:
+        body = page.asset(name)
+        if body is None:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+            return
+        self._send(HTTPStatus.OK, body, page.ASSETS[name])
+
+    def _api(self, name: str, query: dict[str, str]) -> None:
+        answers = self.server.answers
+        if name == "summary":
+            body = answers.get(("summary",), data.summary)
+        elif name == "tree":
+            path = query.get("path", "").strip("/")
+            found = answers.get(("tree", path), lambda m: data.tree(m, path, data.keymap(m)))
+            if found == b"null":
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no directory {path!r} in the tree"})
+                return
+            body = found
+        elif name == "failures":
+            reason = query.get("reason") or None
+            if reason is not None and reason not in FAILURE_REASONS:
+                self._json(HTTPStatus.BAD_REQUEST, {"error": f"no failure reason {reason!r}"})
+                return
+            text, under = query.get("q", ""), query.get("under", "").strip("/")
+            body = answers.get(
+                ("failures", reason, text, under),
+                lambda m: data.failures(m, reason=reason, text=text, under=under),
+            )
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+            return
+        self._send(HTTPStatus.OK, body, "application/json")
+
+    def _json(self, status: HTTPStatus, value: Any) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, kind: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if self.server.token:
+            cookie = f"{COOKIE}={self.server.token}; HttpOnly; SameSite=Strict; Path=/"
+            self.send_header("Set-Cookie", cookie)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def open_view(db: str | Path) -> Manifest:
+    """The db for viewing: opened as ``status`` opens it (no write lock, never waiting for
+    one), then made read-only."""
+    manifest = Manifest.open(db)
+    treeview.read_only(manifest)
+    return manifest
