@@ -73,6 +73,16 @@ def test_children_come_largest_first(manifest: Manifest) -> None:
     assert names[:3] == ["spectro", "target", "readme.txt"]
 
 
+def test_the_quick_listing_gives_the_sizes_the_full_one_sums(manifest: Manifest) -> None:
+    quick = treeview.sizes(manifest, "")
+    full = treeview.children(manifest, "")
+    assert [(c.name, c.kind, c.bytes) for c in full] == quick
+    assert treeview.sizes(manifest, "spectro/a") == [
+        ("y.fits", "file", 200),
+        ("x.fits", "file", 100),
+    ]
+
+
 def test_a_deeper_level_holds_only_its_own_children(manifest: Manifest) -> None:
     spectro = _by_name(treeview.children(manifest, "spectro"))
     assert set(spectro) == {"a", "b.fits"}
@@ -112,6 +122,16 @@ def test_objects_of_files_gone_from_the_source_are_shown_where_they_were(
     assert target.files == 1  # the gone file is not part of the tree's totals
     inside = _by_name(treeview.children(manifest, "target"))
     assert inside["t.fits"].kind == "gone"
+
+
+def test_a_directory_gone_whole_is_listed_by_its_objects(manifest: Manifest) -> None:
+    crawl = manifest.begin_crawl("/release/edr")
+    with manifest.atomic():
+        manifest.put_entries(crawl, [e for e in TREE if not e.path.startswith("spectro/a")])
+    manifest.close_crawl(crawl)
+    spectro = _by_name(treeview.children(manifest, "spectro"))
+    assert (spectro["a"].kind, spectro["a"].states) == ("gone", {"gone": (1, 100)})
+    assert _by_name(treeview.children(manifest, ""))["spectro"].states["gone"] == (1, 100)
 
 
 def test_failures_filter_by_reason_text_and_directory(manifest: Manifest) -> None:

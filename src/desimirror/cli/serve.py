@@ -7,7 +7,7 @@ import click
 from desimirror.cli.common import db_option
 from desimirror.state.writelock import reader_warning
 from desimirror.view.page import check_assets
-from desimirror.view.server import ViewServer, check_address, open_view
+from desimirror.view.server import ViewServer, check_address
 
 
 @click.command("serve")
@@ -47,17 +47,13 @@ def command(db: str, port: int, ip: str, token: str | None, refresh: float) -> N
     warning = reader_warning(db)
     if warning:
         click.echo(f"desimirror: warning: {warning}", err=True)
-    manifest = open_view(db)
+    server = ViewServer(db, ip, port, token, refresh)
     try:
-        server = ViewServer(manifest, ip, port, token, refresh)
+        click.echo(f"serving {db} at {server.url} (Ctrl-C to stop)")
+        click.get_text_stream("stdout").flush()
         try:
-            click.echo(f"serving {db} at {server.url} (Ctrl-C to stop)")
-            click.get_text_stream("stdout").flush()
-            try:
-                server.serve_forever(poll_interval=0.5)
-            except KeyboardInterrupt:
-                click.echo("stopped", err=True)
-        finally:
-            server.server_close()
+            server.serve_forever(poll_interval=0.5)
+        except KeyboardInterrupt:
+            click.echo("stopped", err=True)
     finally:
-        manifest.close()
+        server.server_close()

@@ -20,32 +20,55 @@ from desimirror.state.manifest import NOT_DONE, UPLOADABLE, Manifest, subtree_ra
 #: done, and ``gone`` (an object mirrored earlier whose file is no longer in the tree).
 PENDING, GONE, DONE_PREFIX = "pending", "gone", "done:"
 
-# ``rest`` is the path below the directory; its first component is the child it lies in.
-_CHILD_OF_REST = (
-    "CASE WHEN instr(rest, '/') = 0 THEN rest ELSE substr(rest, 1, instr(rest, '/') - 1) END"
+# The states of a directory's children, without sorting millions of rows: each child
+# directory's subtree is one contiguous range of paths, summed with three range scans of
+# primary keys (its uploadables; its upload records, each looked up in entries: done by
+# proof, or gone; its failures, which are few); pending is what is left. The files
+# directly in the directory come from the parent index, one row each.
+_STATE_OF_FILE = (
+    f"CASE WHEN {NOT_DONE} THEN coalesce(f.reason, '{PENDING}')"
+    f" ELSE '{DONE_PREFIX}' || coalesce(u.proof, 'none') END"
+)
+_ALL_IN_RANGE = (
+    f"SELECT count(*), coalesce(sum(size), 0) FROM entries"
+    f" WHERE path >= :lo AND path < :hi AND {UPLOADABLE}"
+)
+# Each upload record in a range, looked up in entries: the proof of a file done, '~gone'
+# for an object whose file is no longer an uploadable entry, NULL for a file not done.
+# The subquery keeps SQLite from evaluating the state once per aggregate (LIMIT -1 stops
+# it being flattened), and the few distinct keys make the grouping cheap.
+_RECORDS_IN_RANGE = f"""
+SELECT k, count(*), coalesce(sum(entry_size), 0), coalesce(sum(object_size), 0) FROM (
+    SELECT CASE WHEN e.path IS NULL OR NOT coalesce({UPLOADABLE}, 0) THEN '~gone'
+                WHEN {NOT_DONE} THEN NULL ELSE coalesce(u.proof, 'none') END AS k,
+           e.size AS entry_size, u.size AS object_size
+    FROM uploads u LEFT JOIN entries e ON e.path = u.path
+    WHERE u.path >= :lo AND u.path < :hi LIMIT -1
+) WHERE k IS NOT NULL GROUP BY k
+"""
+_FAILED_IN_RANGE = (
+    "SELECT f.reason, count(*), coalesce(sum(e.size), 0) FROM failures f"  # few: outermost
+    " CROSS JOIN entries e ON e.path = f.path LEFT JOIN uploads u ON u.path = e.path"
+    f" WHERE f.path >= :lo AND f.path < :hi AND {UPLOADABLE} AND {NOT_DONE} GROUP BY f.reason"
+)
+_FILES_IN = (
+    f"SELECT e.name, {_STATE_OF_FILE}, e.size FROM entries e"
+    " LEFT JOIN uploads u ON u.path = e.path LEFT JOIN failures f ON f.path = e.path"
+    f" WHERE e.parent = :parent AND {UPLOADABLE}"
+)
+# Objects recorded in a range whose file is no longer an uploadable entry.
+_GONE_IN_RANGE = (
+    "SELECT u.path, u.size FROM uploads u WHERE u.path >= :lo AND u.path < :hi"
+    f" AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.path = u.path AND {UPLOADABLE})"
 )
 
-_STATES_BELOW = f"""
-SELECT {_CHILD_OF_REST} AS child, state, count(*), coalesce(sum(size), 0) FROM (
-    SELECT substr(e.path, :start) AS rest, e.size AS size,
-        CASE WHEN {NOT_DONE} THEN coalesce(f.reason, '{PENDING}')
-             ELSE '{DONE_PREFIX}' || coalesce(u.proof, 'none') END AS state
-    FROM entries e LEFT JOIN uploads u ON u.path = e.path
-    LEFT JOIN failures f ON f.path = e.path
-    WHERE {UPLOADABLE} AND e.path >= :lo AND e.path < :hi
-) GROUP BY child, state
-"""
-
-_GONE_BELOW = f"""
-SELECT {_CHILD_OF_REST} AS child, count(*), coalesce(sum(size), 0) FROM (
-    SELECT substr(u.path, :start) AS rest, u.size AS size FROM uploads u
-    WHERE u.path >= :lo AND u.path < :hi
-    AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.path = u.path AND {UPLOADABLE})
-) GROUP BY child
-"""
-
-_LISTING = "SELECT name, kind, link_kind FROM entries WHERE parent = ?"
-
+_LISTING = "SELECT name, kind FROM entries WHERE parent = ?"
+# A directory's size is the recursive sum of its uploadables, written by the crawl.
+_SIZES = (
+    "SELECT name, kind, CASE WHEN kind = 'dir' OR kind = 'file'"
+    " OR (kind = 'link' AND link_kind = 'file') THEN size ELSE 0 END"
+    " FROM entries WHERE parent = ?"
+)
 _FAILURES = """
 SELECT path, reason, error, attempts, at FROM failures
 WHERE (:reason IS NULL OR reason = :reason)
@@ -102,32 +125,78 @@ def change_token(manifest: Manifest) -> int:
 def children(manifest: Manifest, directory: str) -> list[Child]:
     """The entries directly in ``directory`` ('' is the root), each with the files and
     bytes at or below it by state, largest first; empty directories and entries that are
-    not uploaded (links to directories, broken links) are listed with nothing in them."""
-    lo, hi = subtree_range(directory)
-    args = {"start": len(directory) + 2 if directory else 1, "lo": lo, "hi": hi}
-    states: dict[str, dict[str, tuple[int, int]]] = {}
-    for child, state, files, nbytes in manifest.conn.execute(_STATES_BELOW, args):
-        states.setdefault(child, {})[state] = (files, nbytes)
-    for child, files, nbytes in manifest.conn.execute(_GONE_BELOW, args):
-        states.setdefault(child, {})[GONE] = (files, nbytes)
-    kinds = {name: kind for name, kind, _ in manifest.conn.execute(_LISTING, (directory,))}
-    for name in states.keys() - kinds.keys():
-        kinds[name] = "gone"  # only gone objects remain below this name
+    not uploaded (links to directories, broken links) are listed with nothing in them,
+    and a name under which only objects of files gone from the source remain, as ``gone``."""
+    kinds = dict(manifest.conn.execute(_LISTING, (directory,)).fetchall())
+    states: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in kinds}
+    for name, state, nbytes in manifest.conn.execute(_FILES_IN, {"parent": directory}):
+        states[name] = {state: (1, nbytes)}
+    subdirs = sorted(name for name, kind in kinds.items() if kind == "dir")
+    for name in subdirs:
+        states[name] = _subtree_states(manifest, _join(directory, name))
+    start = len(directory) + 1 if directory else 0
+    for path, nbytes in _gone_beside(manifest, directory, subdirs):
+        name = path[start:].split("/", 1)[0]
+        files, total = states.setdefault(name, {}).get(GONE, (0, 0))
+        states[name][GONE] = (files + 1, total + nbytes)
+        kinds.setdefault(name, GONE)
     found = []
     for name, kind in kinds.items():
-        own = states.get(name, {})
+        own = states[name]
         present = [v for state, v in own.items() if state != GONE]
-        found.append(
-            Child(
-                name,
-                kind,
-                sum(f for f, _ in present),
-                sum(b for _, b in present),
-                own,
-            )
-        )
+        found.append(Child(name, kind, sum(f for f, _ in present), sum(b for _, b in present), own))
     found.sort(key=lambda c: (-c.bytes, -c.files, c.name))
     return found
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
+
+
+def _subtree_states(manifest: Manifest, path: str) -> dict[str, tuple[int, int]]:
+    """state -> (files, bytes) of everything strictly below the directory ``path``."""
+    lo, hi = subtree_range(path)
+    args = {"lo": lo, "hi": hi}
+    all_files, all_bytes = manifest.conn.execute(_ALL_IN_RANGE, args).fetchone()
+    found: dict[str, tuple[int, int]] = {}
+    done_files = done_bytes = 0
+    for key, files, entry_bytes, object_bytes in manifest.conn.execute(_RECORDS_IN_RANGE, args):
+        if key == "~gone":
+            found[GONE] = (files, object_bytes)
+        else:
+            found[DONE_PREFIX + key] = (files, entry_bytes)
+            done_files += files
+            done_bytes += entry_bytes
+    failed_files = failed_bytes = 0
+    for reason, files, nbytes in manifest.conn.execute(_FAILED_IN_RANGE, args):
+        found[reason] = (files, nbytes)
+        failed_files += files
+        failed_bytes += nbytes
+    pending = (all_files - done_files - failed_files, all_bytes - done_bytes - failed_bytes)
+    if pending[0]:
+        found[PENDING] = pending
+    return found
+
+
+def _gone_beside(manifest: Manifest, directory: str, subdirs: list[str]) -> list[tuple[str, int]]:
+    """(path, size) of the objects of gone files directly in ``directory`` or below a name
+    it no longer lists: the stretches of its range between its subdirectories' ranges."""
+    lo, hi = subtree_range(directory)
+    found = []
+    for name in subdirs:  # sorted: "a.b" < "a" + "/" < "a" + "0", so the ranges are in order
+        inner_lo, inner_hi = subtree_range(_join(directory, name))
+        found += manifest.conn.execute(_GONE_IN_RANGE, {"lo": lo, "hi": inner_lo}).fetchall()
+        lo = inner_hi
+    found += manifest.conn.execute(_GONE_IN_RANGE, {"lo": lo, "hi": hi}).fetchall()
+    return found
+
+
+def sizes(manifest: Manifest, directory: str) -> list[tuple[str, str, int]]:
+    """(name, kind, bytes at or below it) of the entries directly in ``directory``, largest
+    first: from the directory sizes the crawl wrote, one index lookup at any size of tree,
+    for a first view before :func:`children` has summed the states below."""
+    rows = manifest.conn.execute(_SIZES, (directory,)).fetchall()
+    return sorted(rows, key=lambda r: (-r[2], r[0]))
 
 
 def failures(

@@ -67,14 +67,20 @@ def keymap(manifest: Manifest) -> KeyMap | None:
     return KeyMap.build(target["prefix"], target.get("remap", []))
 
 
-def tree(manifest: Manifest, path: str, layout: KeyMap | None) -> dict[str, Any] | None:
+def tree(
+    manifest: Manifest, path: str, layout: KeyMap | None, *, quick: bool = False
+) -> dict[str, Any] | None:
     """One directory level: its children by size with their states, the breadcrumbs, and
     the key each child lands under when a remap moves it. None if ``path`` is not a
-    directory of the tree."""
+    directory of the tree. ``quick``: sizes only (no file counts, no states), from one
+    index lookup, for the page to draw while the states below are summed."""
     entry = manifest.get(path)
     if entry is None or entry.kind != "dir":
         return None
-    found = treeview.children(manifest, path)
+    if quick:
+        found = [treeview.Child(n, k, 0, b, {}) for n, k, b in treeview.sizes(manifest, path)]
+    else:
+        found = treeview.children(manifest, path)
     shown, rest = found[:CHILDREN_SHOWN], found[CHILDREN_SHOWN:]
     children = [_child(path, child, layout) for child in shown]
     return {
@@ -84,6 +90,7 @@ def tree(manifest: Manifest, path: str, layout: KeyMap | None) -> dict[str, Any]
         "remaps": [{"source": s, "destination": d} for s, d in layout.rules] if layout else [],
         "children": children,
         "more": _summed(rest) if rest else None,
+        "quick": quick,
     }
 
 

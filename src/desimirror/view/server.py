@@ -17,6 +17,7 @@ import hmac
 import http.cookies
 import ipaddress
 import json
+import queue
 import socket
 import threading
 import time
@@ -57,43 +58,81 @@ class _Answer:
 
 
 class Answers:
-    """JSON answers computed from one read-only connection, one at a time, and kept until
-    the db changes (see the module's docstring)."""
+    """JSON answers, each kept until the db changes (see the module's docstring).
 
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
+    A few read-only connections, so that a quick answer (a directory's sizes) never waits
+    behind a long one (the states below the root of ten million files); one more, never
+    used for queries, watches ``data_version``, which only compares within one connection.
+    The same question asked twice at once is computed once."""
+
+    def __init__(self, db: str | Path, connections: int = 3) -> None:
+        self.db = db
+        self.watcher = open_view(db)
+        self.watch_lock = threading.Lock()
+        self.idle: queue.SimpleQueue[Manifest] = queue.SimpleQueue()
+        self.opened: list[Manifest] = [self.watcher]
+        self.slots = threading.Semaphore(connections)
         self.lock = threading.Lock()
         self.cache: dict[tuple, _Answer] = {}
+        self.computing: dict[tuple, threading.Lock] = {}
+
+    def version(self) -> int:
+        with self.watch_lock:
+            return treeview.change_token(self.watcher)
 
     def get(self, key: tuple, compute: Callable[[Manifest], Any]) -> bytes:
         with self.lock:
-            version = treeview.change_token(self.manifest)
+            one_at_a_time = self.computing.setdefault(key, threading.Lock())
+        with one_at_a_time:
+            version = self.version()
             now = time.monotonic()
             kept = self.cache.get(key)
             if kept and (kept.token == version or now - kept.at < 3 * kept.cost):
                 return kept.body
-            body = json.dumps(compute(self.manifest), allow_nan=False).encode()
-            if len(self.cache) >= _CACHE_ENTRIES:
-                self.cache.clear()
-            self.cache[key] = _Answer(version, now, time.monotonic() - now, body)
+            with self.slots:
+                manifest = self._borrow()
+                try:
+                    body = json.dumps(compute(manifest), allow_nan=False).encode()
+                finally:
+                    self.idle.put(manifest)
+            with self.lock:
+                if len(self.cache) >= _CACHE_ENTRIES:
+                    self.cache.clear()
+                self.cache[key] = _Answer(version, now, time.monotonic() - now, body)
             return body
+
+    def _borrow(self) -> Manifest:
+        try:
+            return self.idle.get_nowait()
+        except queue.Empty:
+            manifest = open_view(self.db)
+            with self.lock:
+                self.opened.append(manifest)
+            return manifest
+
+    def close(self) -> None:
+        with self.lock:
+            for manifest in self.opened:
+                manifest.close()
+            self.opened.clear()
 
 
 class ViewServer(ThreadingHTTPServer):
-    """The page, its static files and its API (``api/summary``, ``api/tree?path=``,
-    ``api/failures?reason=&q=&under=``), on one address."""
+    """The page, its static files and its API (``api/summary``, ``api/tree?path=[&quick=1]``,
+    ``api/failures?reason=&q=&under=``), on one address. Opens the db first (a db that is
+    not one is a state error), then the port."""
 
     daemon_threads = True
 
     def __init__(
         self,
-        manifest: Manifest,
+        db: str | Path,
         host: str,
         port: int,
         token: str | None,
         refresh: float = REFRESH_SECONDS,
     ) -> None:
-        self.answers = Answers(manifest)
+        self.answers = Answers(db)
         self.token = token
         self.refresh = refresh
         if ipaddress.ip_address(host).version == 6:
@@ -101,11 +140,16 @@ class ViewServer(ThreadingHTTPServer):
         try:
             super().__init__((host, port), _Handler)
         except OSError as exc:
+            self.answers.close()
             if exc.errno == errno.EADDRINUSE:
                 raise UsageError(
                     f"port {port} on {host} is in use: pick another with --port"
                 ) from None
             raise UsageError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.answers.close()
 
     @property
     def url(self) -> str:
@@ -165,7 +209,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = answers.get(("summary",), data.summary)
         elif name == "tree":
             path = query.get("path", "").strip("/")
-            found = answers.get(("tree", path), lambda m: data.tree(m, path, data.keymap(m)))
+            quick = query.get("quick") == "1"
+            found = answers.get(
+                ("tree", path, quick),
+                lambda m: data.tree(m, path, data.keymap(m), quick=quick),
+            )
             if found == b"null":
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no directory {path!r} in the tree"})
                 return

@@ -36,6 +36,7 @@
     return {
       summary: () => get("api/summary"),
       tree: (path) => get("api/tree?path=" + encodeURIComponent(path)),
+      quickTree: (path) => get("api/tree?quick=1&path=" + encodeURIComponent(path)),
       failures: (reason, text) =>
         get("api/failures?reason=" + encodeURIComponent(reason) + "&q=" + encodeURIComponent(text)),
     };
@@ -174,7 +175,7 @@
     document.getElementById("key-line").textContent = tree.key
       ? "lands under s3://…/" + tree.key + "/" + (remaps ? "  (remaps: " + remaps + ")" : "")
       : "no bucket layout pinned yet (no upload ran)";
-    body.replaceChildren(...tree.children.map(row));
+    body.replaceChildren(...tree.children.map((c) => row(c, tree.quick)));
     if (tree.more) {
       body.append(el("tr", { class: "more" }, el("td", {}, "… " + count(tree.more.count) + " more"),
         el("td", { class: "num" }, count(tree.more.files)), el("td", { class: "num" }, size(tree.more.bytes)),
@@ -183,8 +184,14 @@
     drawTreemap(tree);
   }
 
-  function row(child) {
+  function row(child, quick) {
     const [doneFiles, doneBytes] = doneOf(child);
+    if (quick) {
+      return el("tr", { class: "counting", dataset: { quick: child.name, path: child.path } },
+        el("td", { class: "path" }, child.kind === "dir" ? el("a", { onclick: () => go(child.path) }, child.name + "/") : child.name),
+        el("td", { class: "num" }, "…"), el("td", { class: "num" }, size(child.bytes)),
+        el("td", { class: "num" }, "…"), el("td", {}, "counting…"), el("td", {}, ""));
+    }
     const name = child.kind === "dir"
       ? el("a", { onclick: () => go(child.path) }, child.name + "/")
       : el("span", {}, child.name + (child.kind === "link" ? " →" : ""));
@@ -221,13 +228,15 @@
       treemap.on("click", (p) => { if (p.data && p.data.kind === "dir") go(p.data.path); });
       window.addEventListener("resize", () => treemap.resize());
     }
-    const nodes = tree.children.filter((c) => measureOf([c.files, c.bytes]) > 0).map((c) => {
+    const measured = (c) => (tree.quick ? c.bytes : measureOf([c.files, c.bytes]));
+    const nodes = tree.children.filter((c) => measured(c) > 0).map((c) => {
       const states = orderedStates(c.states).filter(([st]) => st !== "gone");
-      const [main] = states.reduce((best, item) => (measureOf(item[1]) > measureOf(best[1]) ? item : best));
+      const [main] = states.length
+        ? states.reduce((best, item) => (measureOf(item[1]) > measureOf(best[1]) ? item : best)) : ["pending"];
       const [doneFiles, doneBytes] = doneOf(c);
-      const done = percent(measureOf([doneFiles, doneBytes]), measureOf([c.files, c.bytes]));
+      const done = tree.quick ? "…" : percent(measureOf([doneFiles, doneBytes]), measureOf([c.files, c.bytes]));
       return {
-        name: c.name, path: c.path, kind: c.kind, value: measureOf([c.files, c.bytes]), done: done,
+        name: c.name, path: c.path, kind: c.kind, value: measured(c), done: done,
         states: states, itemStyle: { color: COLORS[main] || "#999" },
       };
     });
@@ -248,7 +257,7 @@
         label: {
           show: true, color: "#1d2330", overflow: "truncate",
           formatter: (p) => p.name + (p.data.kind === "dir" ? "/" : "") + "\n" +
-            (view.measure === "bytes" ? size(p.value) : count(p.value) + " files") + " · " + p.data.done + " done",
+            (view.measure === "bytes" || tree.quick ? size(p.value) : count(p.value) + " files") + " · " + p.data.done + " done",
         },
       }],
     }, true);
@@ -335,17 +344,33 @@
     location.hash = "/" + path;
   }
 
-  async function loadTree() {
-    view.tree = await source.tree(view.path);
-    drawTree(view.tree);
+  // A directory first drawn from its sizes alone (one index lookup on the server), then
+  // with the states below each child once they are summed; a late answer for a directory
+  // left meanwhile is dropped.
+  async function loadTree(quickFirst) {
+    const path = view.path;
+    if (quickFirst && source.quickTree) {
+      const quick = await source.quickTree(path);
+      if (path === view.path && (!view.tree || view.tree.path !== path || view.tree.quick)) {
+        view.tree = quick;
+        drawTree(quick);
+      }
+    }
+    const full = await source.tree(path);
+    if (path === view.path) {
+      view.tree = full;
+      drawTree(full);
+    }
   }
 
-  async function refresh() {
+  async function loadSummary() {
     view.summary = await source.summary();
     drawTotals(view.summary);
     drawThroughput(view.summary);
-    await loadTree();
-    await loadFailures();
+  }
+
+  async function refresh(first) {
+    await Promise.all([loadSummary(), loadTree(first), loadFailures()]);
     document.body.dataset.refreshed = String((Number(document.body.dataset.refreshed) || 0) + 1);
   }
 
@@ -358,7 +383,7 @@
     }, (CONFIG.refresh || 3) * 1000);
   }
 
-  window.addEventListener("hashchange", () => { view.path = pathFromHash(); loadTree(); });
+  window.addEventListener("hashchange", () => { view.path = pathFromHash(); loadTree(true); });
   for (const button of document.querySelectorAll("[data-measure]")) {
     button.addEventListener("click", () => {
       view.measure = button.dataset.measure;
@@ -373,7 +398,8 @@
   });
   document.getElementById("failure-reason").addEventListener("change", loadFailures);
   drawLegend();
-  refresh().then(() => { document.body.dataset.ready = "1"; }, (err) => {
+  document.getElementById("totals").textContent = "counting…";
+  refresh(true).then(() => { document.body.dataset.ready = "1"; }, (err) => {
     document.getElementById("updated").textContent = "· failed to load: " + err.message;
   }).finally(() => { if (CONFIG.mode === "live") schedule(); });
 })();
