@@ -228,16 +228,27 @@
       treemap.on("click", (p) => { if (p.data && p.data.kind === "dir") go(p.data.path); });
       window.addEventListener("resize", () => treemap.resize());
     }
+    // Each child is a rectangle of its size, cut into one block per state (done, pending,
+    // failed, ...) in its colour; the largest block carries the child's name.
     const measured = (c) => (tree.quick ? c.bytes : measureOf([c.files, c.bytes]));
     const nodes = tree.children.filter((c) => measured(c) > 0).map((c) => {
-      const states = orderedStates(c.states).filter(([st]) => st !== "gone");
-      const [main] = states.length
-        ? states.reduce((best, item) => (measureOf(item[1]) > measureOf(best[1]) ? item : best)) : ["pending"];
+      const states = orderedStates(c.states).filter(([st, v]) => st !== "gone" && measureOf(v) > 0);
       const [doneFiles, doneBytes] = doneOf(c);
       const done = tree.quick ? "…" : percent(measureOf([doneFiles, doneBytes]), measureOf([c.files, c.bytes]));
+      const info = { path: c.path, kind: c.kind, done: done, states: states };
+      const blocks = states.length ? states : [["pending", [c.files, c.bytes]]];
+      const largest = Math.max(...blocks.map(([, v]) => measureOf(v)));
+      let named = false;
       return {
-        name: c.name, path: c.path, kind: c.kind, value: measured(c), done: done,
-        states: states, itemStyle: { color: COLORS[main] || "#999" },
+        name: c.name, value: measured(c), ...info,
+        children: blocks.map(([st, v]) => {
+          const primary = !named && measureOf(v) === largest;
+          named = named || primary;
+          return {
+            name: c.name, value: tree.quick ? c.bytes : measureOf(v), state: st, primary: primary,
+            total: measured(c), ...info, itemStyle: { color: COLORS[st] || "#999" },
+          };
+        }),
       };
     });
     treemap.setOption({
@@ -251,13 +262,18 @@
         },
       },
       series: [{
-        type: "treemap", data: nodes, roam: false, nodeClick: false, leafDepth: 1,
+        type: "treemap", data: nodes, roam: false, nodeClick: false,
         breadcrumb: { show: false }, top: 4, left: 2, right: 2, bottom: 2,
-        itemStyle: { borderColor: "#fff", borderWidth: 1, gapWidth: 1 },
+        levels: [
+          { itemStyle: { borderWidth: 0, gapWidth: 3 } },
+          { itemStyle: { borderColor: "#fff", borderWidth: 0, gapWidth: 0 } },
+          { itemStyle: { borderWidth: 0, gapWidth: 0 } },
+        ],
         label: {
-          show: true, color: "#1d2330", overflow: "truncate",
-          formatter: (p) => p.name + (p.data.kind === "dir" ? "/" : "") + "\n" +
-            (view.measure === "bytes" || tree.quick ? size(p.value) : count(p.value) + " files") + " · " + p.data.done + " done",
+          show: true, color: "#1d2330", overflow: "truncate", lineHeight: 16,
+          formatter: (p) => (!p.data.primary ? "" : p.data.name + (p.data.kind === "dir" ? "/" : "") + "\n" +
+            (view.measure === "bytes" || tree.quick ? size(p.data.total) : count(p.data.total) + " files") +
+            " · " + p.data.done + " done"),
         },
       }],
     }, true);
