@@ -223,8 +223,17 @@ def test_another_address_needs_a_token_and_the_token_is_checked(tmp_path: Path) 
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(base + "api/summary", timeout=10)
         assert refused.value.code == 403
+        assert refused.value.headers.get("Set-Cookie") is None  # the token is never handed out
+        with pytest.raises(urllib.error.HTTPError) as wrong:
+            urllib.request.urlopen(base + "api/summary?token=guess", timeout=10)
+        assert wrong.value.code == 403
+        assert wrong.value.headers.get("Set-Cookie") is None
         with urllib.request.urlopen(base + "api/summary?token=s3cret", timeout=10) as reply:
             assert json.load(reply)["status"]["files"] == len(FILES)
+            cookie = reply.headers["Set-Cookie"]
+        request = urllib.request.Request(base + "api/tree?path=", headers={"Cookie": cookie})
+        with urllib.request.urlopen(request, timeout=10) as reply:  # the page's later requests
+            assert {c["name"] for c in json.load(reply)["children"]} >= {"spectro", "target"}
 
 
 def test_serve_reads_a_db_while_a_writer_holds_it_and_never_writes(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ import ipaddress
 import json
 import queue
 import socket
+import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from desimirror.errors import UsageError
+from desimirror.errors import DesimirrorError, UsageError, redact, sqlite_failure
 from desimirror.state import treeview
 from desimirror.state.manifest import FAILURE_REASONS, Manifest
 from desimirror.view import data, page
@@ -98,6 +100,9 @@ class Answers:
             with self.lock:
                 if len(self.cache) >= _CACHE_ENTRIES:
                     self.cache.clear()
+                    idle = [k for k, lock in self.computing.items() if not lock.locked()]
+                    for old in idle:
+                        del self.computing[old]
                 self.cache[key] = _Answer(version, now, time.monotonic() - now, body)
             return body
 
@@ -166,6 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: a refresh every few seconds would fill the terminal."""
 
     def do_GET(self) -> None:
+        self.grant_cookie = False
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         if not self._allowed(query):
@@ -183,15 +189,23 @@ class _Handler(BaseHTTPRequestHandler):
                 self._api(route.removeprefix("api/"), query)
             else:
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n")
-        except BrokenPipeError:
+        except (BrokenPipeError, ConnectionResetError):
             pass
+        except (DesimirrorError, sqlite3.Error) as exc:  # the db went away, or broke
+            message = redact(
+                str(sqlite_failure(exc) or exc) if isinstance(exc, sqlite3.Error) else str(exc)
+            )
+            sys.stderr.write(f"desimirror: error: {message}\n")
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": message})
 
     def _allowed(self, query: dict[str, str]) -> bool:
         wanted = self.server.token
         if not wanted:
             return True
         given = query.get("token")
-        if given is None:
+        if given is not None:
+            self.grant_cookie = hmac.compare_digest(given.encode(), wanted.encode())
+        else:
             cookies = http.cookies.SimpleCookie(self.headers.get("Cookie", ""))
             given = cookies[COOKIE].value if COOKIE in cookies else ""
         return hmac.compare_digest(given.encode(), wanted.encode())
@@ -242,7 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        if self.server.token:
+        if self.grant_cookie:  # the URL carried the token: later requests need not
             cookie = f"{COOKIE}={self.server.token}; HttpOnly; SameSite=Strict; Path=/"
             self.send_header("Set-Cookie", cookie)
         self.end_headers()
