@@ -1,9 +1,8 @@
 """The state db seen as a tree, one directory level at a time, for the web view.
 
-Every subtree is a contiguous range of paths (see :func:`subtree_range`), so a
-directory's children and the state of everything beneath each of them come from one range
-scan of the primary key, grouped by the first path component below the directory: the
-browser receives one row per child, never the files below. Nothing here writes:
+Every subtree is a contiguous range of paths (see :func:`subtree_range`), so the state of
+everything beneath each child of a directory comes from range scans of primary keys, and
+the browser receives one row per child, never the files below. Nothing here writes:
 :func:`read_only` makes the connection refuse to, so a view can never take the db's write
 lock or alter what an upload is writing.
 """
@@ -65,8 +64,7 @@ _GONE_IN_RANGE = (
 _LISTING = "SELECT name, kind FROM entries WHERE parent = ?"
 # A directory's size is the recursive sum of its uploadables, written by the crawl.
 _SIZES = (
-    "SELECT name, kind, CASE WHEN kind = 'dir' OR kind = 'file'"
-    " OR (kind = 'link' AND link_kind = 'file') THEN size ELSE 0 END"
+    f"SELECT name, kind, CASE WHEN kind = 'dir' OR {UPLOADABLE} THEN size ELSE 0 END"
     " FROM entries WHERE parent = ?"
 )
 _FAILURES = """
