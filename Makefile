@@ -33,7 +33,14 @@ DM := $(VENV)/bin/desimirror
 
 .PHONY: all demo test lint bench upload status verify clean-demo
 
-all: $(VENV)/.installed
+# The web view's chart library (Apache ECharts), from npm at build time, never committed.
+ECHARTS := $(here)/src/desimirror/view/static/echarts.min.js
+
+all: $(VENV)/.installed $(ECHARTS)
+
+$(ECHARTS): $(here)/web/package.json $(here)/web/package-lock.json
+	cd $(here)/web && npm ci --no-audit --no-fund --loglevel=error
+	cp $(here)/web/node_modules/echarts/dist/echarts.min.js $@
 
 $(VENV)/.installed: $(here)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -70,12 +77,13 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-test: lint
+test: lint $(ECHARTS)
 	$(VENV)/bin/python -m pytest -q
 
 # Benchmarks, not tests: each prints ratios against peers measured in the same run.
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(ECHARTS)
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/view_bench.py
 	$(VENV)/bin/python bench/access_bench.py
 	$(VENV)/bin/python bench/crawl_bench.py
 

@@ -27,6 +27,8 @@ from desimirror.cli import (
     manifest,
     mount,
     plan,
+    report,
+    serve,
     status,
     synth,
     upload,
@@ -45,7 +47,21 @@ def cli() -> None:
     """
 
 
-for module in (synth, crawl, plan, upload, verify, status, manifest, demo, mount, env, jupyter):
+for module in (
+    synth,
+    crawl,
+    plan,
+    upload,
+    verify,
+    status,
+    serve,
+    report,
+    manifest,
+    demo,
+    mount,
+    env,
+    jupyter,
+):
     cli.add_command(module.command)
 cli.add_command(mount.unmount_command)
 

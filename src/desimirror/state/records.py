@@ -20,6 +20,16 @@ PROOFS = ("sha256", "composite", "etag", "size", "none")
 
 #: An entry the uploader sends: a regular file, or a symlink to a regular file inside the root.
 UPLOADABLE = "(kind = 'file' OR (kind = 'link' AND link_kind = 'file'))"
+#: The one definition of "not done", for an uploadable entry ``e`` LEFT JOINed with its
+#: upload record ``u``: confirmed with the current size, mtime and identity (where both
+#: sides know it), and not contradicted by the reference checksum (a *.sha256sum that
+#: changed under an unchanged file). Used by :meth:`Manifest.totals` and the tree view.
+NOT_DONE = (
+    "(u.path IS NULL OR u.size != e.size OR u.mtime_ns IS NOT e.mtime_ns"
+    " OR (u.ino IS NOT NULL AND e.ino IS NOT NULL AND (u.ino != e.ino"
+    "     OR u.ctime_ns IS NOT e.ctime_ns OR u.dev IS NOT e.dev))"
+    " OR (u.sha256 IS NOT NULL AND e.sha256 IS NOT NULL AND u.sha256 != e.sha256))"
+)
 
 
 @dataclass(frozen=True)

@@ -7,22 +7,24 @@ import time
 from collections.abc import Iterable
 
 from desimirror.state.entries import EntryTables
-from desimirror.state.records import UPLOADABLE, Entry, RunTotals, UploadRecord, subtree_range
+from desimirror.state.records import (
+    NOT_DONE,
+    UPLOADABLE,
+    Entry,
+    RunTotals,
+    UploadRecord,
+    subtree_range,
+)
 
 
 class UploadTables(EntryTables):
     """The ``uploads``, ``failures`` and ``upload_runs`` tables."""
 
-    # Done = confirmed with the current size, mtime and identity (where both sides know
-    # it), and not contradicted by the reference checksum (a *.sha256sum that changed
-    # under an unchanged file).
+    #: The uploadables not done (:data:`~desimirror.state.records.NOT_DONE`).
     _PENDING = (
         " FROM entries e LEFT JOIN uploads u ON u.path = e.path"
         " WHERE (e.kind = 'file' OR (e.kind = 'link' AND e.link_kind = 'file'))"
-        " AND (u.path IS NULL OR u.size != e.size OR u.mtime_ns IS NOT e.mtime_ns"
-        " OR (u.ino IS NOT NULL AND e.ino IS NOT NULL AND (u.ino != e.ino"
-        "     OR u.ctime_ns IS NOT e.ctime_ns OR u.dev IS NOT e.dev))"
-        " OR (u.sha256 IS NOT NULL AND e.sha256 IS NOT NULL AND u.sha256 != e.sha256))"
+        f" AND {NOT_DONE}"
     )
 
     def pending_in(self, paths: list[tuple[str, bool]]) -> list[Entry]:

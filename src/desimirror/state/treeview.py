@@ -1,0 +1,228 @@
+"""The state db seen as a tree, one directory level at a time, for the web view.
+
+Every subtree is a contiguous range of paths (see :func:`subtree_range`), so the state of
+everything beneath each child of a directory comes from range scans of primary keys, and
+the browser receives one row per child, never the files below. Nothing here writes:
+:func:`read_only` makes the connection refuse to, so a view can never take the db's write
+lock or alter what an upload is writing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from desimirror.state.manifest import NOT_DONE, UPLOADABLE, Manifest, subtree_range
+
+#: States of an uploadable file, as the view colours them: ``done:PROOF`` (one per proof
+#: kind, see :class:`~desimirror.state.manifest.UploadRecord`), ``pending``, each failure
+#: reason (``error``, ``changed``, ``unsafe``, ``corrupt``, ``mismatch``) of a file not
+#: done, and ``gone`` (an object mirrored earlier whose file is no longer in the tree).
+PENDING, GONE, DONE_PREFIX = "pending", "gone", "done:"
+
+# The states of a directory's children, without sorting millions of rows: each child
+# directory's subtree is one contiguous range of paths, summed with three range scans of
+# primary keys (its uploadables; its upload records, each looked up in entries: done by
+# proof, or gone; its failures, which are few); pending is what is left. The files
+# directly in the directory come from the parent index, one row each.
+_STATE_OF_FILE = (
+    f"CASE WHEN {NOT_DONE} THEN coalesce(f.reason, '{PENDING}')"
+    f" ELSE '{DONE_PREFIX}' || coalesce(u.proof, 'none') END"
+)
+_ALL_IN_RANGE = (
+    f"SELECT count(*), coalesce(sum(size), 0) FROM entries"
+    f" WHERE path >= :lo AND path < :hi AND {UPLOADABLE}"
+)
+# Each upload record in a range, looked up in entries: the proof of a file done, '~gone'
+# for an object whose file is no longer an uploadable entry, NULL for a file not done.
+# The subquery keeps SQLite from evaluating the state once per aggregate (LIMIT -1 stops
+# it being flattened), and the few distinct keys make the grouping cheap.
+_RECORDS_IN_RANGE = f"""
+SELECT k, count(*), coalesce(sum(entry_size), 0), coalesce(sum(object_size), 0) FROM (
+    SELECT CASE WHEN e.path IS NULL OR NOT coalesce({UPLOADABLE}, 0) THEN '~gone'
+                WHEN {NOT_DONE} THEN NULL ELSE coalesce(u.proof, 'none') END AS k,
+           e.size AS entry_size, u.size AS object_size
+    FROM uploads u LEFT JOIN entries e ON e.path = u.path
+    WHERE u.path >= :lo AND u.path < :hi LIMIT -1
+) WHERE k IS NOT NULL GROUP BY k
+"""
+_FAILED_IN_RANGE = (
+    "SELECT f.reason, count(*), coalesce(sum(e.size), 0) FROM failures f"  # few: outermost
+    " CROSS JOIN entries e ON e.path = f.path LEFT JOIN uploads u ON u.path = e.path"
+    f" WHERE f.path >= :lo AND f.path < :hi AND {UPLOADABLE} AND {NOT_DONE} GROUP BY f.reason"
+)
+_FILES_IN = (
+    f"SELECT e.name, {_STATE_OF_FILE}, e.size FROM entries e"
+    " LEFT JOIN uploads u ON u.path = e.path LEFT JOIN failures f ON f.path = e.path"
+    f" WHERE e.parent = :parent AND {UPLOADABLE}"
+)
+# Objects recorded in a range whose file is no longer an uploadable entry.
+_GONE_IN_RANGE = (
+    "SELECT u.path, u.size FROM uploads u WHERE u.path >= :lo AND u.path < :hi"
+    f" AND NOT EXISTS (SELECT 1 FROM entries WHERE entries.path = u.path AND {UPLOADABLE})"
+)
+
+_LISTING = "SELECT name, kind FROM entries WHERE parent = ?"
+# A directory's size is the recursive sum of its uploadables, written by the crawl.
+_SIZES = (
+    f"SELECT name, kind, CASE WHEN kind = 'dir' OR {UPLOADABLE} THEN size ELSE 0 END"
+    " FROM entries WHERE parent = ?"
+)
+_FAILURES = """
+SELECT path, reason, error, attempts, at FROM failures
+WHERE (:reason IS NULL OR reason = :reason)
+AND (:text = '' OR instr(lower(path), :text) > 0 OR instr(lower(error), :text) > 0)
+AND (:lo = '' OR (path >= :lo AND path < :hi))
+"""
+
+_PER_MINUTE = """
+SELECT CAST(uploaded_at / :step AS INTEGER) * :step AS t, count(*), coalesce(sum(size), 0)
+FROM uploads WHERE NOT adopted GROUP BY t ORDER BY t
+"""
+
+_RUNS = "SELECT id, started, finished, files, bytes FROM upload_runs ORDER BY id"
+
+
+class Child(NamedTuple):
+    """One entry directly in a directory, with the state of what lies at or below it."""
+
+    name: str
+    kind: str  # file | dir | link | other
+    files: int  # uploadable files at or below it
+    bytes: int
+    states: dict[str, tuple[int, int]]  # state -> (files, bytes); see the state names above
+
+
+class Failure(NamedTuple):
+    path: str
+    reason: str
+    error: str
+    attempts: int
+    at: float
+
+
+class Run(NamedTuple):
+    id: int
+    started: float
+    finished: float | None
+    files: int
+    bytes: int
+
+
+def read_only(manifest: Manifest) -> None:
+    """Make this connection refuse every write (``PRAGMA query_only``): a viewer of a db
+    that an upload is writing can neither alter it nor wait for its write lock."""
+    manifest.conn.execute("PRAGMA query_only = ON")
+
+
+def change_token(manifest: Manifest) -> int:
+    """A number that changes whenever another connection commits to the db (SQLite's
+    ``data_version``): a view recomputes nothing while it stays the same."""
+    return int(manifest.conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def children(manifest: Manifest, directory: str) -> list[Child]:
+    """The entries directly in ``directory`` ('' is the root), each with the files and
+    bytes at or below it by state, largest first; empty directories and entries that are
+    not uploaded (links to directories, broken links) are listed with nothing in them,
+    and a name under which only objects of files gone from the source remain, as ``gone``."""
+    kinds = dict(manifest.conn.execute(_LISTING, (directory,)).fetchall())
+    states: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in kinds}
+    for name, state, nbytes in manifest.conn.execute(_FILES_IN, {"parent": directory}):
+        states[name] = {state: (1, nbytes)}
+    subdirs = sorted(name for name, kind in kinds.items() if kind == "dir")
+    for name in subdirs:
+        states[name] = _subtree_states(manifest, _join(directory, name))
+    start = len(directory) + 1 if directory else 0
+    for path, nbytes in _gone_beside(manifest, directory, subdirs):
+        name = path[start:].split("/", 1)[0]
+        files, total = states.setdefault(name, {}).get(GONE, (0, 0))
+        states[name][GONE] = (files + 1, total + nbytes)
+        kinds.setdefault(name, GONE)
+    found = []
+    for name, kind in kinds.items():
+        own = states[name]
+        present = [v for state, v in own.items() if state != GONE]
+        found.append(Child(name, kind, sum(f for f, _ in present), sum(b for _, b in present), own))
+    found.sort(key=lambda c: (-c.bytes, -c.files, c.name))
+    return found
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
+
+
+def _subtree_states(manifest: Manifest, path: str) -> dict[str, tuple[int, int]]:
+    """state -> (files, bytes) of everything strictly below the directory ``path``."""
+    lo, hi = subtree_range(path)
+    args = {"lo": lo, "hi": hi}
+    all_files, all_bytes = manifest.conn.execute(_ALL_IN_RANGE, args).fetchone()
+    found: dict[str, tuple[int, int]] = {}
+    done_files = done_bytes = 0
+    for key, files, entry_bytes, object_bytes in manifest.conn.execute(_RECORDS_IN_RANGE, args):
+        if key == "~gone":
+            found[GONE] = (files, object_bytes)
+        else:
+            found[DONE_PREFIX + key] = (files, entry_bytes)
+            done_files += files
+            done_bytes += entry_bytes
+    failed_files = failed_bytes = 0
+    for reason, files, nbytes in manifest.conn.execute(_FAILED_IN_RANGE, args):
+        found[reason] = (files, nbytes)
+        failed_files += files
+        failed_bytes += nbytes
+    pending = (all_files - done_files - failed_files, all_bytes - done_bytes - failed_bytes)
+    if pending[0]:
+        found[PENDING] = pending
+    return found
+
+
+def _gone_beside(manifest: Manifest, directory: str, subdirs: list[str]) -> list[tuple[str, int]]:
+    """(path, size) of the objects of gone files directly in ``directory`` or below a name
+    it no longer lists: the stretches of its range between its subdirectories' ranges."""
+    lo, hi = subtree_range(directory)
+    found = []
+    for name in subdirs:  # sorted: "a.b" < "a" + "/" < "a" + "0", so the ranges are in order
+        inner_lo, inner_hi = subtree_range(_join(directory, name))
+        found += manifest.conn.execute(_GONE_IN_RANGE, {"lo": lo, "hi": inner_lo}).fetchall()
+        lo = inner_hi
+    found += manifest.conn.execute(_GONE_IN_RANGE, {"lo": lo, "hi": hi}).fetchall()
+    return found
+
+
+def sizes(manifest: Manifest, directory: str) -> list[tuple[str, str, int]]:
+    """(name, kind, bytes at or below it) of the entries directly in ``directory``, largest
+    first: from the directory sizes the crawl wrote, one index lookup at any size of tree,
+    for a first view before :func:`children` has summed the states below."""
+    rows = manifest.conn.execute(_SIZES, (directory,)).fetchall()
+    return sorted(rows, key=lambda r: (-r[2], r[0]))
+
+
+def failures(
+    manifest: Manifest,
+    *,
+    reason: str | None = None,
+    text: str = "",
+    under: str = "",
+    limit: int = 200,
+) -> tuple[int, list[Failure]]:
+    """(how many match, the newest ``limit`` of them) of the files not mirrored, with
+    their last error: of one ``reason`` if given, whose path or error contains ``text``
+    (any case), at or below the directory ``under``."""
+    lo, hi = subtree_range(under) if under else ("", "")
+    args = {"reason": reason, "text": text.lower(), "lo": lo, "hi": hi}
+    (count,) = manifest.conn.execute(f"SELECT count(*) FROM ({_FAILURES})", args).fetchone()
+    rows = manifest.conn.execute(
+        f"{_FAILURES} ORDER BY at DESC LIMIT :limit", {**args, "limit": limit}
+    )
+    return count, [Failure(*row) for row in rows]
+
+
+def sent_per_interval(manifest: Manifest, step: int = 60) -> list[tuple[int, int, int]]:
+    """(interval start, files, bytes) confirmed per ``step`` seconds by the upload records
+    (objects sent, not adopted), in time order. A file sent again counts at its last send."""
+    return manifest.conn.execute(_PER_MINUTE, {"step": int(step)}).fetchall()
+
+
+def upload_runs(manifest: Manifest) -> list[Run]:
+    """Every upload run: when it started and last confirmed work, and what it sent."""
+    return [Run(*row) for row in manifest.conn.execute(_RUNS)]
