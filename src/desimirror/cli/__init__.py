@@ -22,6 +22,7 @@ from desimirror import __version__
 from desimirror.cli import (
     crawl,
     demo,
+    download,
     env,
     jupyter,
     manifest,
@@ -45,7 +46,20 @@ def cli() -> None:
     """
 
 
-for module in (synth, crawl, plan, upload, verify, status, manifest, demo, mount, env, jupyter):
+for module in (
+    synth,
+    crawl,
+    plan,
+    upload,
+    verify,
+    status,
+    manifest,
+    download,
+    demo,
+    mount,
+    env,
+    jupyter,
+):
     cli.add_command(module.command)
 cli.add_command(mount.unmount_command)
 
