@@ -76,6 +76,7 @@ test: lint
 # Benchmarks, not tests: each prints ratios against peers measured in the same run.
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/download_bench.py
 	$(VENV)/bin/python bench/access_bench.py
 	$(VENV)/bin/python bench/crawl_bench.py
 

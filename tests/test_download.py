@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from boto3.s3.transfer import TransferConfig
 
 from desimirror.storage.keys import KeyMap
 from faultproxy import FaultProxy
@@ -221,10 +222,18 @@ def test_without_a_manifest_the_releases_sha256sum_listings_prove_the_files(
     tmp_path: Path, s3, bucket: str, cli_env: dict
 ) -> None:
     root = tmp_path / "edr"
-    make_release(root, random_files(31, 12, dirs=2))
+    files = random_files(31, 12, dirs=2)
+    files["d0/big.fits"] = os.urandom(17 << 20)  # fetched in ranges, proven as one
+    make_release(root, files)
+    (root / "unlisted").mkdir()
+    (root / "unlisted/multipart.fits").write_bytes(os.urandom(12 << 20))
     client = s3.client()
     for rel in _release_paths(root):
         client.put_object(Bucket=bucket, Key=f"edr/{rel}", Body=(root / rel).read_bytes())
+    parts = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+    client.upload_file(  # no listing for it: its multipart ETag is all there is
+        str(root / "unlisted/multipart.fits"), bucket, "edr/unlisted/multipart.fits", Config=parts
+    )
     victim = "d1/sub1/f0007.fits"
     good = (root / victim).read_bytes()
     client.put_object(Bucket=bucket, Key=f"edr/{victim}", Body=good[::-1])
@@ -237,8 +246,9 @@ def test_without_a_manifest_the_releases_sha256sum_listings_prove_the_files(
     wanted = [p for p in _release_paths(root) if p != victim]
     for rel in wanted:
         assert (dest / "edr" / rel).read_bytes() == (root / rel).read_bytes()
-    listed = [p for p in wanted if not p.endswith(".sha256sum")]
+    listed = [p for p in wanted if not p.endswith(".sha256sum") and "unlisted" not in p]
     assert report["proofs"]["sha256"] == len(listed)  # the listings: their own checksum or ETag
+    assert report["proofs"]["multipart-etag"] == 1
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -95,6 +96,13 @@ RECORD_NAME = "done.tsv"
 PART_SUFFIX = ".desimirror-part"
 #: Whole files are the unit: a file cut off by a kill is fetched again from its start.
 CHUNK = 1 << 20
+#: Objects above RANGED_ABOVE bytes are fetched in RANGE_SIZE ranges, WINDOW at a time
+#: each, by RANGE_THREADS threads holding at most RANGE_BUFFERS ranges in memory in all.
+RANGE_SIZE = 8 << 20
+RANGED_ABOVE = 2 * RANGE_SIZE
+WINDOW = 4
+RANGE_THREADS = 16
+RANGE_BUFFERS = 32
 #: Attempts per object for transient failures (a 503, a reset connection).
 ATTEMPTS = 4
 BACKOFF_SECONDS = 0.5
@@ -453,18 +461,110 @@ def _first_part_size(client: Any, bucket: str, key: str) -> int | None:
     return int(head["ContentLength"])
 
 
-def _fetch(client: Any, bucket: str, w: Wanted, final: Path, stop: threading.Event) -> _Done:
+class _Ranges:
+    """Large objects in ranges: fetched ahead in parallel (a few per object, a bounded
+    number of buffers in all), handed to the hash and the file in order, so a large
+    file is still read once and proven as it is written."""
+
+    def __init__(self, threads: int = RANGE_THREADS, buffers: int = RANGE_BUFFERS) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="desimirror-range")
+        self.buffers = threading.BoundedSemaphore(buffers)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _RangedBody:
+    """A body read as ``WINDOW`` range GETs in flight, each pinned to the object's ETag
+    (``If-Match``), so an object replaced meanwhile fails instead of mixing versions."""
+
+    def __init__(
+        self, ranges: _Ranges, client: Any, bucket: str, key: str, size: int, etag: str
+    ) -> None:
+        self._ranges, self._client, self._bucket, self._key = ranges, client, bucket, key
+        self._etag = etag
+        self._starts = iter(range(0, size, RANGE_SIZE))
+        self._size = size
+        self._window: deque[Future] = deque()
+        self._buf = memoryview(b"")
+
+    def _get(self, start: int) -> bytes:
+        end = min(start + RANGE_SIZE, self._size) - 1
+        extra = {"IfMatch": f'"{self._etag}"'} if self._etag else {}
+
+        def once() -> bytes:
+            r = self._client.get_object(
+                Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end}", **extra
+            )
+            data = r["Body"].read()
+            if len(data) != end - start + 1:
+                raise OSError(f"got {len(data):,} bytes of a range: the transfer was cut short")
+            return data
+
+        return _retrying(once)
+
+    def _top_up(self) -> None:
+        while len(self._window) < WINDOW:
+            # a buffer is waited for only when nothing is in flight here: others consume
+            if not self._ranges.buffers.acquire(blocking=not self._window, timeout=None):
+                return
+            start = next(self._starts, None)
+            if start is None:
+                self._ranges.buffers.release()
+                return
+            self._window.append(self._ranges.pool.submit(self._get, start))
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buf:
+            self._top_up()
+            if not self._window:
+                return b""
+            future = self._window.popleft()
+            try:
+                self._buf = memoryview(future.result())
+            finally:
+                self._ranges.buffers.release()
+            self._top_up()
+        n = len(self._buf) if size is None or size < 0 else size
+        out, self._buf = bytes(self._buf[:n]), self._buf[n:]
+        return out
+
+    def close(self) -> None:
+        while self._window:
+            future = self._window.popleft()
+            future.cancel()
+            with contextlib.suppress(Exception):
+                future.exception()  # wait for one already running
+            self._ranges.buffers.release()
+
+
+def _fetch(
+    client: Any,
+    bucket: str,
+    w: Wanted,
+    final: Path,
+    stop: threading.Event,
+    ranges: _Ranges | None = None,
+) -> _Done:
     """Stream ``w`` into its part file while hashing, prove it, then rename it into place."""
     part = part_path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    response = client.get_object(Bucket=bucket, Key=w.key, ChecksumMode="ENABLED")
+    # the object's own checksum is asked for only where nothing else is known of it
+    mode = {} if w.sha256 else {"ChecksumMode": "ENABLED"}
+    if ranges is not None and w.size > RANGED_ABOVE:
+        response = client.head_object(Bucket=bucket, Key=w.key, **mode)
+        etag = strip_etag(response.get("ETag"))
+        body: Any = _RangedBody(ranges, client, bucket, w.key, w.size, etag)
+    else:
+        response = client.get_object(Bucket=bucket, Key=w.key, **mode)
+        body = response["Body"]
     ref = _reference(w, response, lambda: _first_part_size(client, bucket, w.key))
     if not ref.kind:
-        response["Body"].close()
+        body.close()
         raise _Refused(f"s3://{bucket}/{w.key} has no checksum or MD5 ETag to prove it by")
     try:
-        with open(part, "wb") as out:
-            tee = _Tee(response["Body"], out, stop)
+        with open(part, "wb") as out, contextlib.closing(body):
+            tee = _Tee(body, out, stop)
             digests = hash_stream(tee, ref.part_size, md5=ref.needs_md5)  # type: ignore[arg-type]
         if tee.count != int(response.get("ContentLength", tee.count)) or tee.count != w.size:
             raise OSError(f"got {tee.count:,} bytes of {w.size:,}: the transfer was cut short")
@@ -524,7 +624,9 @@ def download(options: DownloadOptions, progress: Progress | None = None) -> Down
     dest = options.dest
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"{dest} exists and is not a directory")
-    client = make_client(t, max_pool_connections=options.workers + 4)
+    client = make_client(
+        t, max_pool_connections=options.workers + 4, validate_response_checksums=False
+    )
     check_bucket(client, t.bucket)
     lock = None
     if not options.dry_run:
@@ -675,8 +777,9 @@ def _fetch_all(
         if stop.is_set():
             raise _Stopped()
         final = local_path(options.dest, w.key)
-        return _retrying(lambda: _fetch(client, bucket, w, final, stop))
+        return _retrying(lambda: _fetch(client, bucket, w, final, stop, ranges))
 
+    ranges = _Ranges()
     with ThreadPoolExecutor(options.workers, thread_name_prefix="desimirror-get") as pool:
         try:
             _top_up(pool, one, pending, in_flight, 2 * options.workers)
@@ -688,6 +791,7 @@ def _fetch_all(
                 _top_up(pool, one, pending, in_flight, 2 * options.workers)
         finally:
             stop.set()  # an interruption: transfers in flight give up and remove their part
+            ranges.close()
 
 
 def _top_up(
