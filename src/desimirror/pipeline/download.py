@@ -50,7 +50,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,8 @@ RANGED_ABOVE = 2 * RANGE_SIZE
 WINDOW = 4
 RANGE_THREADS = 16
 RANGE_BUFFERS = 32
+#: How often the main thread looks for finished transfers: soon after one, then less.
+POLL_MIN, POLL_MAX = 0.001, 0.02
 #: Attempts per object for transient failures (a 503, a reset connection).
 ATTEMPTS = 4
 BACKOFF_SECONDS = 0.5
@@ -461,6 +463,16 @@ def _first_part_size(client: Any, bucket: str, key: str) -> int | None:
     return int(head["ContentLength"])
 
 
+_made_dirs: set[Path] = set()
+
+
+def _ensure_dir(path: Path) -> None:
+    """``mkdir -p`` once per directory and run, not once per file (a syscall each)."""
+    if path not in _made_dirs:
+        path.mkdir(parents=True, exist_ok=True)
+        _made_dirs.add(path)
+
+
 class _Ranges:
     """Large objects in ranges: fetched ahead in parallel (a few per object, a bounded
     number of buffers in all), handed to the hash and the file in order, so a large
@@ -548,7 +560,7 @@ def _fetch(
 ) -> _Done:
     """Stream ``w`` into its part file while hashing, prove it, then rename it into place."""
     part = part_path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_dir(final.parent)
     # the object's own checksum is asked for only where nothing else is known of it
     mode = {} if w.sha256 else {"ChecksumMode": "ENABLED"}
     if ranges is not None and w.size > RANGED_ABOVE:
@@ -770,6 +782,7 @@ def _fetch_all(
 ) -> None:
     """Fetch ``todo`` with ``workers`` transfers in flight; only this thread records."""
     stop = threading.Event()
+    _made_dirs.clear()  # what an earlier run in this process made may be gone
     pending = iter(todo)
     in_flight: dict[Future, Wanted] = {}
 
@@ -783,8 +796,16 @@ def _fetch_all(
     with ThreadPoolExecutor(options.workers, thread_name_prefix="desimirror-get") as pool:
         try:
             _top_up(pool, one, pending, in_flight, 2 * options.workers)
+            delay = POLL_MIN
             while in_flight:
-                finished, _ = wait(in_flight, timeout=1.0, return_when=FIRST_COMPLETED)
+                # polled, not waited for: a signal (Ctrl-C, SIGTERM) raised inside a
+                # Condition.wait can break its lock and turn into a RuntimeError
+                finished = [f for f in in_flight if f.done()]
+                if not finished:
+                    time.sleep(delay)
+                    delay = min(2 * delay, POLL_MAX)
+                    continue
+                delay = POLL_MIN
                 for future in finished:
                     w = in_flight.pop(future)
                     _settle(future, w, record, report, progress)
