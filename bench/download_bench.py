@@ -50,7 +50,7 @@ BUCKET = "bench-download"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/download_bench.py", description=__doc__)
     parser.add_argument("--scale", type=float, default=None, help="synth --scale (default 1)")
-    parser.add_argument("--large-mb", default=None, help="large files in MiB (default 64,128)")
+    parser.add_argument("--large-mb", default=None, help="large files in MiB (default 128,256,384)")
     parser.add_argument("--workers", type=int, default=WORKERS, help="for every tool (64)")
     parser.add_argument("--repeat", type=int, default=None, help="runs per tool (default 2)")
     parser.add_argument("--quick", action="store_true", help="--scale 0.05 --large-mb 8 --repeat 1")
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.scale = args.scale if args.scale is not None else (0.05 if args.quick else 1.0)
     args.large_mb = (
-        args.large_mb if args.large_mb is not None else ("8" if args.quick else "64,128")
+        args.large_mb if args.large_mb is not None else ("8" if args.quick else "128,256,384")
     )
     args.repeat = args.repeat or (1 if args.quick else 2)
     return args

@@ -100,7 +100,7 @@ CHUNK = 1 << 20
 #: each, by RANGE_THREADS threads holding at most RANGE_BUFFERS ranges in memory in all.
 RANGE_SIZE = 8 << 20
 RANGED_ABOVE = 2 * RANGE_SIZE
-WINDOW = 4
+WINDOW = 6
 RANGE_THREADS = 16
 RANGE_BUFFERS = 32
 #: How often the main thread looks for finished transfers: soon after one, then less.
@@ -241,6 +241,7 @@ class _Plan:
     wanted: list[Wanted]
     dirs: list[str]  # key paths of directories to create (the manifest's empty ones too)
     meta: list[tuple[str, bytes]]  # (key, bytes) of the manifest itself, to keep beside it
+    warnings: list[str] = field(default_factory=list)
 
 
 def _matches(relative: str, include: tuple[str, ...]) -> bool:
@@ -295,6 +296,15 @@ def _published(client: Any, bucket: str, release: str, spool: Path) -> Path | No
 
 
 def _plan_from_manifest(path: Path, subdir: str, include: tuple[str, ...]) -> _Plan:
+    """The manifest's files under ``subdir`` that match ``include``; a manifest that
+    cannot be read is one line (exit 4), as the store's other failures are."""
+    try:
+        return _manifest_plan(path, subdir, include)
+    except (ValueError, EOFError, OSError) as exc:  # gzip, UTF-8 or the format itself
+        raise RemoteError(f"the published manifest cannot be read: {exc}") from None
+
+
+def _manifest_plan(path: Path, subdir: str, include: tuple[str, ...]) -> _Plan:
     with open(path, "rb") as stream:
         header, entries = read_manifest(stream)
         release = header.get("prefix", "")
@@ -317,7 +327,13 @@ def _plan_from_manifest(path: Path, subdir: str, include: tuple[str, ...]) -> _P
         (key, (path if key.endswith(".gz") else path.parent / "manifest.json").read_bytes())
         for key in manifest_keys_for(release)
     ]
-    return _Plan(wanted, dirs, meta)
+    plan = _Plan(wanted, dirs, meta)
+    if header.get("complete") == "no":
+        plan.warnings.append(
+            "the published manifest says the mirror was incomplete when it was written: "
+            "files not uploaded then are not downloaded"
+        )
+    return plan
 
 
 def _plan_from_listing(
@@ -508,7 +524,8 @@ class _RangedBody:
             r = self._client.get_object(
                 Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end}", **extra
             )
-            data = r["Body"].read()
+            body = r["Body"]  # read in chunks: one read() of it all is twice as slow
+            data = b"".join(iter(lambda: body.read(CHUNK), b""))
             if len(data) != end - start + 1:
                 raise OSError(f"got {len(data):,} bytes of a range: the transfer was cut short")
             return data
@@ -576,6 +593,7 @@ def _fetch(
         raise _Refused(f"s3://{bucket}/{w.key} has no checksum or MD5 ETag to prove it by")
     try:
         with open(part, "wb") as out, contextlib.closing(body):
+            _reserve(out, w.size)
             tee = _Tee(body, out, stop)
             digests = hash_stream(tee, ref.part_size, md5=ref.needs_md5)  # type: ignore[arg-type]
         if tee.count != int(response.get("ContentLength", tee.count)) or tee.count != w.size:
@@ -591,6 +609,14 @@ def _fetch(
         raise
     # recorded by what is known of the object before any GET, so a resume can compare
     return _Done(w.key, w.size, mtime_ns, w.sha256 or w.etag or ref.describe(), ref.kind)
+
+
+def _reserve(out: Any, size: int) -> None:
+    """Allocate a large file's blocks at once (fewer, larger extents; a full disk fails
+    here, before the transfer); where the filesystem cannot, it is written as it comes."""
+    if size > RANGED_ABOVE and hasattr(os, "posix_fallocate"):
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(out.fileno(), 0, size)
 
 
 def _refusal(bucket: str, w: Wanted, ref: _Reference, digests: FileDigests) -> str:
@@ -682,6 +708,7 @@ def _run(
             f"nothing to download: s3://{t.bucket}/{options.prefix}/ holds no "
             + ("file matching --include" if options.include else "objects")
         )
+    report.warnings.extend(plan.warnings)
     report.files = len(plan.wanted)
     report.bytes = sum(w.size for w in plan.wanted)
     record = Record(options.dest)
