@@ -25,7 +25,11 @@ from desimirror.units import format_size
     "e.g. --include 'spectro/redux/fuji/tiles-*'.",
 )
 @endpoint_option("S3 endpoint (default: $AWS_ENDPOINT_URL, else AWS).")
-@click.option("--no-sign-request", is_flag=True, help="Send unsigned requests (public buckets).")
+@click.option(
+    "--no-sign-request",
+    is_flag=True,
+    help="Send unsigned requests (public buckets; the default for s3://desidata on AWS).",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would be fetched; fetch and write nothing.")
 @click.option(
     "--workers",
@@ -55,9 +59,12 @@ def command(
     name and renamed into place only once proven. Run the same command again after any
     stop (kill -9 included): files already complete are not fetched again.
     """
+    from desimirror.access.config import unsigned_default
     from desimirror.cli.common import make_target
 
-    target, prefix = make_target(source, endpoint_url, no_sign_request)
+    # DESI's public bucket on AWS needs no credentials, as for 'desimirror mount'
+    unsigned = no_sign_request or unsigned_default(source, endpoint_url)
+    target, prefix = make_target(source, endpoint_url, unsigned)
     if not prefix:
         raise UsageError(f"give the release to download: s3://{target.bucket}/RELEASE[/SUBDIR]")
     options = DownloadOptions(

@@ -665,7 +665,12 @@ def download(options: DownloadOptions, progress: Progress | None = None) -> Down
     client = make_client(
         t, max_pool_connections=options.workers + 4, validate_response_checksums=False
     )
-    check_bucket(client, t.bucket)
+    try:
+        check_bucket(client, t.bucket)
+    except RemoteError as exc:
+        if t.no_sign_request or "no AWS credentials" not in str(exc):
+            raise
+        raise RemoteError(f"{exc}, or --no-sign-request for a public bucket") from None
     lock = None
     if not options.dry_run:
         _make_dir(dest / RECORD_DIR)
