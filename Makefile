@@ -84,6 +84,7 @@ test: lint $(ECHARTS)
 bench: $(VENV)/.installed $(ECHARTS)
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/view_bench.py
+	$(VENV)/bin/python bench/download_bench.py
 	$(VENV)/bin/python bench/access_bench.py
 	$(VENV)/bin/python bench/crawl_bench.py
 

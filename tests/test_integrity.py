@@ -26,7 +26,7 @@ from desimirror.integrity.checksums import (
     hash_stream,
     parse_sha256sum,
 )
-from desimirror.pipeline.publish import read_manifest
+from desimirror.integrity.releasemanifest import read_manifest
 from desimirror.state.manifest import Manifest
 from desimirror.storage.throttle import Concurrency
 from helpers import assert_clean_error, run_cli

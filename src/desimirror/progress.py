@@ -136,6 +136,13 @@ def interrupted_message(by: str | None = None) -> str:
             f"desimirror: {how}: {files}{of} ({format_size(_tally.nbytes)}) confirmed "
             f"in this run are saved in the state db; {hint}"
         )
+    if _tally.label == "download":
+        of = f" of {_tally.total_files:,}" if _tally.total_files is not None else ""
+        files = plural(_tally.files, "file")
+        return (
+            f"desimirror: {how}: {files}{of} ({format_size(_tally.nbytes)}) fetched and "
+            f"proven in this run are in place and recorded; {hint}"
+        )
     return f"desimirror: {how}: what was confirmed is saved in the state db; {hint}"
 
 
@@ -288,7 +295,10 @@ class RichProgress:
         self._running = False
 
     def start(self, label: str, files: int | None = None, nbytes: int | None = None) -> None:
+        """Start the bar, or start it over with totals now known (one line, not two)."""
         _track_start(label, files)
+        if self._task is not None:
+            self._bar.remove_task(self._task)
         self._bar.start()
         self._running = True
         self._label, self._phase = label, None

@@ -22,6 +22,7 @@ from desimirror import __version__
 from desimirror.cli import (
     crawl,
     demo,
+    download,
     env,
     jupyter,
     manifest,
@@ -57,6 +58,7 @@ for module in (
     serve,
     report,
     manifest,
+    download,
     demo,
     mount,
     env,

@@ -98,6 +98,13 @@ def _checked_endpoint(ctx: click.Context, param: click.Parameter, value: str | N
     return check_endpoint_url(value, "$AWS_ENDPOINT_URL" if from_env else "--endpoint-url")
 
 
+def endpoint_option(help_text: str):
+    """``--endpoint-url`` (also from ``$AWS_ENDPOINT_URL``), refused in one line if malformed."""
+    return click.option(
+        "--endpoint-url", envvar="AWS_ENDPOINT_URL", callback=_checked_endpoint, help=help_text
+    )
+
+
 def target_options(func):
     """--bucket, --endpoint-url and --no-sign-request, shared by upload and verify.
 
@@ -106,12 +113,9 @@ def target_options(func):
     func = click.option(
         "--no-sign-request", is_flag=True, help="Send unsigned requests (public buckets)."
     )(func)
-    func = click.option(
-        "--endpoint-url",
-        envvar="AWS_ENDPOINT_URL",
-        callback=_checked_endpoint,
-        help="S3 endpoint (default: $AWS_ENDPOINT_URL, else the one the db's last upload "
-        "used, else AWS).",
+    func = endpoint_option(
+        "S3 endpoint (default: $AWS_ENDPOINT_URL, else the one the db's last upload "
+        "used, else AWS)."
     )(func)
     return click.option(
         "--bucket",

@@ -23,50 +23,31 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import hashlib
-import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from desimirror.errors import IncompleteError, RemoteError, UsageError
+from desimirror.integrity.releasemanifest import (  # the format: read by download too
+    COLUMNS,
+    FORMAT,
+    VERSION,
+    escape,
+    manifest_keys_for,
+)
 from desimirror.state.manifest import Manifest
 from desimirror.storage import transfer
 from desimirror.storage.keys import KeyMap
 from desimirror.storage.transfer import S3Target, TransferItem
 
-FORMAT = "desimirror-manifest"
-VERSION = 1
-META_DIR = ".desimirror"
-COLUMNS = ("type", "path", "size", "mtime", "sha256", "origin", "key", "link_target", "link_kind")
 _TYPES = {"file": "f", "dir": "d", "link": "l", "other": "o"}
-_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 
 
 def manifest_keys(keymap: KeyMap) -> tuple[str, str]:
     """The keys of the manifest and of its summary for a mirror with this layout."""
-    base = f"{keymap.prefix}/{META_DIR}/manifest"
-    return base + ".tsv.gz", base + ".json"
-
-
-def escape(text: str) -> str:
-    """A path or link target as one TSV field: backslash, tab, CR and LF escaped."""
-    return "".join(_ESCAPES.get(c, c) for c in text)
-
-
-def unescape(field_text: str) -> str:
-    out: list[str] = []
-    chars = iter(field_text)
-    for c in chars:
-        if c == "\\":
-            nxt = next(chars, "")
-            out.append(_UNESCAPES.get(nxt, "\\" + nxt))
-        else:
-            out.append(c)
-    return "".join(out)
+    return manifest_keys_for(keymap.prefix)
 
 
 @dataclass
@@ -141,56 +122,6 @@ def write_manifest(manifest: Manifest, keymap: KeyMap, out: TextIO, report: Publ
             report.bytes += size
             report.files_with_sha256 += bool(sha)
             report.files_published_sha256 += origin == "p"
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One line of a published manifest, parsed."""
-
-    type: str
-    path: str
-    size: int | None
-    mtime: int | None
-    sha256: str | None
-    origin: str | None
-    key: str | None
-    link_target: str | None
-    link_kind: str | None
-
-
-def read_manifest(stream: io.BufferedIOBase) -> tuple[dict[str, str], Iterator[ManifestEntry]]:
-    """Parse a published ``manifest.tsv.gz`` stream: (header, entries), entries streamed."""
-    text = io.TextIOWrapper(gzip.GzipFile(fileobj=stream), encoding="utf-8", newline="\n")
-    if text.readline().rstrip("\n").split("\t") != [f"#{FORMAT}", str(VERSION)]:
-        raise ValueError("not a desimirror manifest (version 1)")
-    header: dict[str, str] = {}
-    line = text.readline()
-    while line.startswith("#"):
-        name, _, value = line[1:].rstrip("\n").partition("\t")
-        header[name] = value
-        line = text.readline()
-    prefix = header.get("prefix", "")
-
-    def entries(current: str) -> Iterator[ManifestEntry]:
-        while current:
-            cols = current.rstrip("\n").split("\t")
-            cols += [""] * (len(COLUMNS) - len(cols))
-            kind, path, size, mtime, sha, origin, key, target, link_kind = cols[: len(COLUMNS)]
-            path = unescape(path)
-            yield ManifestEntry(
-                kind,
-                path,
-                int(size) if size else None,
-                int(mtime) if mtime else None,
-                sha or None,
-                origin or None,
-                unescape(key) if key else (f"{prefix}/{path}" if size else None),
-                unescape(target) if target else None,
-                link_kind or None,
-            )
-            current = text.readline()
-
-    return header, entries(line)
 
 
 def publish(

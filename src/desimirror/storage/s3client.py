@@ -173,12 +173,16 @@ def make_client(
     read_timeout: float = 60.0,
     max_attempts: int = 3,
     retry_mode: str = "standard",
+    validate_response_checksums: bool = True,
 ) -> Any:
     """A boto3 S3 client for ``target``; credentials come from the standard AWS chain.
 
     Custom endpoints get path-style addressing (what s5cmd and most S3-compatible stores
     expect; virtual-host names need wildcard DNS). Public targets are read unsigned, so no
     credential lookup happens at all.
+
+    ``validate_response_checksums=False`` leaves a GET's checksum to the caller (botocore
+    would otherwise hash every body a second time when the caller proves it already).
     """
     import boto3
     from botocore import UNSIGNED
@@ -197,6 +201,8 @@ def make_client(
     }
     if target.no_sign_request:
         options["signature_version"] = UNSIGNED
+    if not validate_response_checksums:
+        options["response_checksum_validation"] = "when_required"
     return session.client("s3", endpoint_url=url, config=Config(**options))
 
 

@@ -1,0 +1,271 @@
+"""``desimirror download`` against the real SeaweedFS: a local copy of a mirrored release.
+
+The release is mirrored as a data manager would (crawl, plan, upload with the bucket's
+remaps, manifest publish); the download then runs as the installed command, some runs
+through the fault-injecting proxy, which counts every GET per key. What is checked is
+what a user relies on: the copy is the release byte for byte, laid out as the bucket; a
+killed download resumes without fetching again what it completed; bytes that differ from
+the published manifest never reach their final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from boto3.s3.transfer import TransferConfig
+
+from desimirror.storage.keys import KeyMap
+from faultproxy import FaultProxy
+from helpers import DESIMIRROR, assert_clean_error, run_cli
+from integrity_helpers import make_release, random_files
+
+pytestmark = pytest.mark.s3
+REMAP = ("edr/spectro/data=raw_spectro_data", "edr/target=target")
+KEYMAP = KeyMap.build("edr", REMAP)
+PART = ".desimirror-part"
+
+
+def _release_files() -> dict[str, bytes]:
+    files = {f"spectro/redux/fuji/{k}": v for k, v in random_files(21, 160, dirs=4).items()}
+    files.update({f"spectro/data/20201214/{k}": v for k, v in random_files(22, 30).items()})
+    files.update({f"target/catalogs/{k}": v for k, v in random_files(23, 20).items()})
+    return files
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory: pytest.TempPathFactory, s3) -> tuple[str, Path]:
+    """(bucket, release root): a release mirrored with the bucket's remaps and its
+    manifest published, shared by the tests that do not change the bucket."""
+    work = tmp_path_factory.mktemp("dl")
+    bucket = f"t-download-shared-{os.getpid() % 10000}"
+    root = work / "edr"
+    make_release(root, _release_files())
+    (root / "spectro/redux/fuji/empty").mkdir()
+    db = work / "m.db"
+    s3.client().create_bucket(Bucket=bucket)
+    env = {**os.environ, **s3.env}
+    target = ["--db", str(db), "--bucket", f"s3://{bucket}", "--endpoint-url", s3.endpoint_url]
+    run_cli("crawl", str(root), "--db", str(db), check=True)
+    run_cli("plan", "--db", str(db), "--max-batch-size", "1MB", check=True)
+    remaps = [arg for rule in REMAP for arg in ("--remap", rule)]
+    run_cli("upload", *target, *remaps, "--backend", "native", env=env, check=True)
+    run_cli("manifest", "publish", *target, env=env, check=True)
+    return bucket, root
+
+
+def _download(source: str, dest: Path, endpoint: str, env: dict, *args: str):
+    proc = run_cli(
+        "download", source, str(dest), "--endpoint-url", endpoint, "--json", *args, env=env
+    )
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        report = None
+    return proc, report
+
+
+def _assert_copy_is_release(dest: Path, root: Path, paths: list[str]) -> None:
+    for rel in paths:
+        assert (dest / KEYMAP.key(rel)).read_bytes() == (root / rel).read_bytes(), rel
+
+
+def _release_paths(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _data_gets(proxy: FaultProxy) -> Counter[str]:
+    """GETs of objects (the release's files), not of the manifest nor of listings."""
+    return Counter(
+        a.key
+        for a in proxy.arrivals
+        if a.method == "GET" and a.key and "/.desimirror/" not in a.key and "?" not in a.key
+    )
+
+
+def test_download_is_the_release_byte_for_byte_in_the_bucket_layout(
+    tmp_path: Path, s3, mirrored, cli_env: dict
+) -> None:
+    bucket, root = mirrored
+    dest = tmp_path / "desidata"
+    proc, report = _download(f"s3://{bucket}/edr", dest, s3.endpoint_url, cli_env)
+    assert proc.returncode == 0, proc.stderr
+    paths = _release_paths(root)
+    assert report["reference"] == "manifest"
+    assert report["files_fetched"] == len(paths)
+    assert report["proofs"] == {"sha256": len(paths)}
+    _assert_copy_is_release(dest, root, paths)
+    assert (dest / "raw_spectro_data/20201214").is_dir()
+    assert (dest / "target/catalogs").is_dir()
+    assert (dest / "edr/spectro/redux/fuji/empty").is_dir()  # S3 cannot hold it; the manifest can
+    assert (dest / "edr/.desimirror/manifest.tsv.gz").is_file()
+    assert not list(dest.rglob(f"*{PART}"))
+    env = run_cli("env", "--release", "edr", "--data", str(dest), check=True).stdout
+    assert f"DESI_SPECTRO_DATA={dest}/raw_spectro_data" in env
+    assert "warning" not in env
+    again, report = _download(f"s3://{bucket}/edr", dest, s3.endpoint_url, cli_env)
+    assert again.returncode == 0, again.stderr
+    assert (report["files_fetched"], report["files_kept"]) == (0, len(paths))
+
+
+def test_killed_download_resumes_without_fetching_completed_files(
+    tmp_path: Path, s3, mirrored, cli_env: dict
+) -> None:
+    bucket, root = mirrored
+    dest = tmp_path / "copy"
+    record = dest / ".desimirror-download" / "done.tsv"
+    with FaultProxy(s3.endpoint_url, rates={"stall": 1.0}, methods={"GET"}) as proxy:
+        proxy.stall_seconds = 0.02  # every GET a little slow: room to kill mid-way
+        argv = [DESIMIRROR, "download", f"s3://{bucket}/edr", str(dest)]
+        argv += ["--endpoint-url", proxy.endpoint_url, "--workers", "4", "--json"]
+        victim = subprocess.Popen(
+            argv, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and victim.poll() is None:
+                if record.is_file() and record.read_text().count("\n") >= 40:
+                    break
+                time.sleep(0.01)
+            assert victim.poll() is None, "the download ended before it could be killed"
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait(timeout=30)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+                victim.wait(timeout=30)
+        completed = {line.split("\t")[0] for line in record.read_text().splitlines()}
+        paths = _release_paths(root)
+        assert 40 <= len(completed) < len(paths)
+        assert all((dest / key).is_file() for key in completed)
+        proxy.reset_counts()
+        proxy.rates = {}
+        resumed, report = _download(f"s3://{bucket}/edr", dest, proxy.endpoint_url, cli_env)
+        gets = _data_gets(proxy)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not set(gets) & completed, "a file completed before the kill was fetched again"
+    assert report["files_kept"] >= len(completed)
+    assert report["files_fetched"] + report["files_kept"] == len(paths)
+    assert sum(gets.values()) == report["files_fetched"]
+    _assert_copy_is_release(dest, root, paths)
+    assert not list(dest.rglob(f"*{PART}"))
+
+
+def test_bytes_that_differ_from_the_published_manifest_are_refused(
+    tmp_path: Path, s3, mirrored, cli_env: dict
+) -> None:
+    bucket, root = mirrored
+    victim = "spectro/redux/fuji/d1/sub1/f0005.fits"
+    key = KEYMAP.key(victim)
+    good = (root / victim).read_bytes()
+    bad = bytes([good[0] ^ 0xFF]) + good[1:]  # same size: only the content proof sees it
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key=key, Body=bad)
+    dest = tmp_path / "copy"
+    try:
+        proc, report = _download(f"s3://{bucket}/edr", dest, s3.endpoint_url, cli_env)
+    finally:
+        client.put_object(Bucket=bucket, Key=key, Body=good)  # the shared mirror, as it was
+    assert proc.returncode == 5, proc.stderr
+    assert_clean_error(proc, key, hashlib.sha256(good).hexdigest())
+    assert report["files_failed"] == 1
+    assert report["failures"][0]["key"] == key
+    assert not (dest / key).exists()
+    assert not list(dest.rglob(f"*{PART}"))
+    others = [p for p in _release_paths(root) if p != victim]
+    _assert_copy_is_release(dest, root, others)
+
+
+def test_dry_run_fetches_and_writes_nothing(tmp_path: Path, s3, mirrored, cli_env: dict) -> None:
+    bucket, root = mirrored
+    dest = tmp_path / "copy"
+    with FaultProxy(s3.endpoint_url) as proxy:
+        proc, report = _download(
+            f"s3://{bucket}/edr", dest, proxy.endpoint_url, cli_env, "--dry-run"
+        )
+        gets = _data_gets(proxy)
+    assert proc.returncode == 0, proc.stderr
+    assert report["files_to_fetch"] == len(_release_paths(root))
+    assert report["files_fetched"] == 0
+    assert not gets
+    assert not dest.exists()
+
+
+def test_include_and_subdir_select_files(tmp_path: Path, s3, mirrored, cli_env: dict) -> None:
+    bucket, root = mirrored
+    dest = tmp_path / "copy"
+    proc, report = _download(
+        f"s3://{bucket}/edr/spectro/redux/fuji",
+        dest,
+        s3.endpoint_url,
+        cli_env,
+        "--include",
+        "d2/*",
+    )
+    assert proc.returncode == 0, proc.stderr
+    wanted = [p for p in _release_paths(root) if p.startswith("spectro/redux/fuji/d2/")]
+    assert report["files_fetched"] == len(wanted)
+    _assert_copy_is_release(dest, root, wanted)
+    got = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
+    got = {p for p in got if not p.startswith((".desimirror-download/", "edr/.desimirror/"))}
+    assert got == {KEYMAP.key(p) for p in wanted}
+
+
+def test_without_a_manifest_the_releases_sha256sum_listings_prove_the_files(
+    tmp_path: Path, s3, bucket: str, cli_env: dict
+) -> None:
+    root = tmp_path / "edr"
+    files = random_files(31, 12, dirs=2)
+    files["d0/big.fits"] = os.urandom(17 << 20)  # fetched in ranges, proven as one
+    make_release(root, files)
+    (root / "unlisted").mkdir()
+    (root / "unlisted/multipart.fits").write_bytes(os.urandom(12 << 20))
+    client = s3.client()
+    for rel in _release_paths(root):
+        client.put_object(Bucket=bucket, Key=f"edr/{rel}", Body=(root / rel).read_bytes())
+    parts = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+    client.upload_file(  # no listing for it: its multipart ETag is all there is
+        str(root / "unlisted/multipart.fits"), bucket, "edr/unlisted/multipart.fits", Config=parts
+    )
+    victim = "d1/sub1/f0007.fits"
+    good = (root / victim).read_bytes()
+    client.put_object(Bucket=bucket, Key=f"edr/{victim}", Body=good[::-1])
+    dest = tmp_path / "copy"
+    proc, report = _download(f"s3://{bucket}/edr", dest, s3.endpoint_url, cli_env)
+    assert proc.returncode == 5, proc.stderr  # the object's own ETag matches; the listing not
+    assert report["reference"] == "listing"
+    assert [f["key"] for f in report["failures"]] == [f"edr/{victim}"]
+    assert not (dest / "edr" / victim).exists()
+    wanted = [p for p in _release_paths(root) if p != victim]
+    for rel in wanted:
+        assert (dest / "edr" / rel).read_bytes() == (root / rel).read_bytes()
+    listed = [p for p in wanted if not p.endswith(".sha256sum") and "unlisted" not in p]
+    assert report["proofs"]["sha256"] == len(listed)  # the listings: their own checksum or ETag
+    assert report["proofs"]["multipart-etag"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["s3://abc", "DIR"], "give the release"),
+        (["s3://B/nothing-here", "DIR"], "nothing to download"),
+        (["s3://B/edr", "DIR", "--include", ""], "--include needs a pattern"),
+    ],
+)
+def test_bad_input_is_one_line(
+    tmp_path: Path, s3, mirrored, cli_env: dict, args: list[str], fragment: str
+) -> None:
+    bucket, _ = mirrored
+    argv = [
+        a.replace("s3://B/", f"s3://{bucket}/").replace("DIR", str(tmp_path / "d")) for a in args
+    ]
+    proc = run_cli("download", *argv, "--endpoint-url", s3.endpoint_url, env=cli_env)
+    assert proc.returncode == 2
+    assert_clean_error(proc, fragment)
