@@ -212,3 +212,19 @@ def finish(report: dict[str, Any], json_output: bool, lines: list[str]) -> None:
     else:
         for line in lines:
             click.echo(line)
+
+
+def make_target(bucket: str, endpoint_url: str | None, no_sign_request: bool) -> tuple:
+    """Build the S3Target for the options; returns (target, prefix given in the URL or None).
+
+    The bucket URL and the endpoint (given, or from the environment) are checked here,
+    before any command opens its db, so a malformed one is a single line and exit 2.
+    """
+    from desimirror.storage.s3client import endpoint_url as resolved_endpoint
+    from desimirror.storage.s3client import parse_bucket_url
+    from desimirror.storage.transfer import S3Target
+
+    name, url_prefix = parse_bucket_url(bucket)
+    target = S3Target(bucket=name, endpoint_url=endpoint_url, no_sign_request=no_sign_request)
+    resolved_endpoint(target)  # raises UsageError for a malformed one
+    return target, url_prefix or None

@@ -61,6 +61,11 @@ def hex_of_b64(b64_digest: str) -> str | None:
     return raw.hex() if len(raw) == 32 else None
 
 
+def is_hex_sha256(text: str | None) -> bool:
+    """True for 64 hex digits: a SHA-256 as a listing or a manifest writes it."""
+    return bool(text) and _HEX64.match(text.encode("ascii", "replace")) is not None
+
+
 # ---------------------------------------------------------------- published sha256sum files
 
 
