@@ -27,7 +27,7 @@ from integrity_helpers import MiB, prepare, rows, uploads
 from integrity_helpers import upload as upload_cli
 from integrity_helpers import verify as verify_cli
 
-BACKENDS = ["s5cmd", "native"]
+BACKENDS = ["s5cmd", "native", "crt"]
 
 
 def _objects(client, bucket: str) -> dict[str, bytes]:

@@ -74,7 +74,7 @@ class UploadOptions:
     target: S3Target
     prefix: str | None = None
     remap: tuple[str, ...] = ()
-    backend: str = "s5cmd"
+    backend: str = transfer.DEFAULT_BACKEND
     workers: int = 64
     max_batches: int | None = None
     max_attempts: int = 4
