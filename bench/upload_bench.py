@@ -975,7 +975,7 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
         f"(load average {machine['loadavg_at_start']} at start, "
         f"{machine.get('loadavg_at_end', '?')} at end); every tool at {opts['workers']} "
         f"concurrent transfers, one SeaweedFS on 127.0.0.1, a fresh bucket each; "
-        f"best of {opts['repeat']} run(s) per tool"
+        f"the median of {opts['repeat']} run(s) per tool"
     )
     busy = max(machine["loadavg_at_start"], machine.get("loadavg_at_end", 0))
     if busy > 0.5 * (machine["cpus"] or 1):

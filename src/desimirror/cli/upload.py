@@ -195,6 +195,9 @@ def _lines(s: UploadSummary, resume: list[str]) -> list[str]:
             f"adopted {plural(s.files_adopted, 'file')} ({format_size(s.bytes_adopted)}) "
             f"already in the bucket, {how}"
         )
+    if s.proven_by:
+        how = ", ".join(f"{n:,} by {proof}" for proof, n in sorted(s.proven_by.items()))
+        lines.append(f"proven: {how}")
     if s.concurrency.get("throttle_events"):
         c = s.concurrency
         lines.append(

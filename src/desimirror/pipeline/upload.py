@@ -124,6 +124,8 @@ class UploadSummary:
     stopped_early: bool = False
     concurrency: dict[str, int] = field(default_factory=dict)
     checksums: dict[str, object] = field(default_factory=dict)
+    #: How each file confirmed in this run was tied to its bytes (proof -> files).
+    proven_by: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -442,6 +444,8 @@ class _Uploader:
             dev=entry.dev,
         )
         self.recorder.confirmed(record, counted_as_adopted=adopted and not job.sent)
+        proven = self.summary.proven_by
+        proven[record.proof] = proven.get(record.proof, 0) + 1
         self.progress.advance(1, entry.size)
 
     # -- adopting what the bucket already holds ----------------------------------------

@@ -38,6 +38,7 @@ import os
 import re
 import threading
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 from desimirror.integrity.checksums import corrupt_text, hex_of_b64
@@ -65,6 +66,9 @@ class CrtBackend(NativeBackend):
     """boto3's proofs and multipart protocol, awscrt's sending; see the module docstring."""
 
     name = "crt"
+    #: Bytes of small files held in memory at once across all transfers (one file always
+    #: fits): 64 transfers of files near the part size would otherwise hold gigabytes.
+    buffer_budget = 1 << 30
 
     def __init__(
         self, target: S3Target, workers: int, *, part_size: int = DEFAULT_PART_SIZE
@@ -72,6 +76,7 @@ class CrtBackend(NativeBackend):
         super().__init__(target, workers, part_size=part_size)
         self._sender: _CrtSender | None = None
         self._sender_lock = threading.Lock()
+        self._buffers = _Budget(self.buffer_budget)
 
     def _crt(self) -> _CrtSender:
         with self._sender_lock:
@@ -85,6 +90,10 @@ class CrtBackend(NativeBackend):
     def _put_small(self, item: TransferItem, client: Any) -> TransferResult:  # noqa: ARG002
         if item.sha256 and self._store_checks["single"] and _PROC_FD:
             return self._put_published(item)
+        with self._buffers.hold(item.size):
+            return self._put_buffered(item)
+
+    def _put_buffered(self, item: TransferItem) -> TransferResult:
         data = self._read_once(item)
         checks = self._store_checks["single"]
         # hash here only what the store will not prove: no published digest, or a store
@@ -191,6 +200,27 @@ class CrtBackend(NativeBackend):
         super().close()
         with self._sender_lock:
             self._sender = None  # the runtime's client shuts down when released
+
+
+class _Budget:
+    """A number of bytes shared by threads; a request larger than the whole budget waits
+    until nothing else is held, so it never waits forever."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.held = capacity, 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self.held == 0 or self.held + size <= self.capacity)
+            self.held += size
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.held -= size
+                self._changed.notify_all()
 
 
 class _CrtSender:
