@@ -96,3 +96,4 @@ def test_the_default_backend_reads_each_source_byte_once(
     proofs = {proof for (proof,) in rows(db, "SELECT proof FROM uploads")}
     assert proofs <= {"sha256", "composite"}, proofs  # the store checked every object
     assert report["proven_by"] == {"sha256": len(uploads(db)) - 1, "composite": 1}
+    assert not any("validated nothing" in w for w in report["warnings"])

@@ -172,7 +172,7 @@ def test_one_line_keeps_the_cause_of_an_error_about_a_long_key() -> None:
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("backend", ["native", "s5cmd", "crt"])
+@pytest.mark.parametrize("backend", ["native", "s5cmd"])  # crt: native's key check
 def test_a_key_over_1024_bytes_is_refused_with_its_cause(tmp_path, s3, bucket, cli_env, backend):
     root = tmp_path / "edr"
     deep = "/".join(["x" * 200] * 6)  # 1,200+ bytes of key, each component a legal name
@@ -343,7 +343,7 @@ def test_upload_proves_every_file_by_etag_when_the_store_checks_nothing(
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("backend", ["native", "crt"])
+@pytest.mark.parametrize("backend", ["native"])  # crt: tests/test_read_once.py
 def test_a_store_that_checks_leaves_no_warning(tmp_path, s3, bucket, cli_env, backend) -> None:
     root = tmp_path / "edr"
     make_release(root, random_files(8, 3))
