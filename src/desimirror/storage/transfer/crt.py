@@ -12,6 +12,10 @@ s5cmd does and on a transfer node the client's CPU is what scales. Per file:
   SHA-256 where the release has one (nothing is hashed here, the store refuses other
   bytes), else the SHA-256 of the buffer. A store that refuses it (BadDigest) gets the
   buffer hashed to tell a corrupt file (never retried) from damage on the way.
+* Once the store has returned a checksum (it validates them), a file with a published
+  SHA-256 does not pass through Python at all: the runtime reads it from the descriptor
+  opened beneath the root (``/proc/self/fd/N``, the same open file, never the path again),
+  and the descriptor is checked against the crawl again after the send.
 * SigV4 over plain HTTP signs the payload's SHA-256, which botocore computes by hashing
   the body again. Here the payload's SHA-256 is the checksum already known, so it is
   given to the signer (``x-amz-content-sha256``) and the body is never hashed for signing;
@@ -41,7 +45,7 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from desimirror.integrity.checksums import corrupt_text, hex_of_b64
+from desimirror.integrity.checksums import corrupt_text, hash_stream, hex_of_b64
 from desimirror.integrity.sourcetree import open_item, recheck_fd
 from desimirror.storage.s3client import DEFAULT_REGION, endpoint_url, strip_etag
 from desimirror.storage.transfer.base import (
@@ -138,7 +142,7 @@ class CrtBackend(NativeBackend):
                     os.lseek(fd, 0, os.SEEK_SET)
                     stream = os.fdopen(os.dup(fd), "rb")
                     with stream:
-                        actual = hashlib.file_digest(stream, "sha256").hexdigest()
+                        actual = hash_stream(stream, self.multipart_chunksize, md5=False).sha256
                     if actual != item.sha256:
                         raise CorruptFile(corrupt_text(actual, item.sha256)) from None
                 raise
