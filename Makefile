@@ -22,7 +22,7 @@ workers ?= 64
 max_batches ?= 1000
 max_batch_size ?= 1TB
 min_batch_size ?= 10GB
-backend ?= s5cmd
+backend ?= crt
 
 # The checkout this Makefile is in: `make -f /path/to/desimirror/Makefile upload` works
 # from a working directory of the operator's own, where find.json, batch.json and the db go.

@@ -208,15 +208,23 @@ def build_latencyfs(workdir: Path, log: Path) -> tuple[Path | None, str]:
 
 @contextlib.contextmanager
 def latency_mount(
-    binary: Path, source: Path, mountpoint: Path, latency_us: int, log: Path
+    binary: Path,
+    source: Path,
+    mountpoint: Path,
+    latency_us: int,
+    log: Path,
+    *,
+    direct_io: bool = False,
 ) -> Iterator[Path]:
-    """``source`` behind latencyfs at ``mountpoint``; unmounted and stopped by PID after."""
+    """``source`` behind latencyfs at ``mountpoint``; unmounted and stopped by PID after.
+    ``direct_io``: no page cache, every byte read counted (the upload benchmark)."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     cmd = [
         str(binary),
         str(mountpoint),
         f"--source={source}",
         f"--latency-us={latency_us}",
+        *(["--direct-io"] if direct_io else []),
         "-f",
         "-o",
         "ro,max_threads=1024,fsname=latencyfs,subtype=latencyfs",

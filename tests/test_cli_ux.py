@@ -159,7 +159,8 @@ def test_upload_help_says_what_the_options_mean_and_where_credentials_come_from(
     for fragment in (
         "s3://NAME/PREFIX is the same as --prefix PREFIX",
         "--workers INTEGER RANGE Transfers in flight at once",
-        "native: boto3 sends each file's SHA-256",
+        "crt: each file read once and sent by the AWS Common Runtime with its SHA-256",
+        "native: the same proofs sent by boto3",
         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
         "AWS_PROFILE",
         "~/.aws/credentials",

@@ -21,13 +21,14 @@ from desimirror.integrity.sourcetree import SourceRefused, SourceTree
 from desimirror.pipeline.upload import UploadOptions, upload
 from desimirror.state.manifest import Manifest
 from desimirror.storage.transfer import S3Target
+from desimirror.storage.transfer.crt import _CrtSender
 from desimirror.storage.transfer.native import NativeBackend
 from helpers import run_cli
-from integrity_helpers import MiB, prepare, rows, uploads
+from integrity_helpers import MiB, make_release, prepare, rows, uploads
 from integrity_helpers import upload as upload_cli
 from integrity_helpers import verify as verify_cli
 
-BACKENDS = ["s5cmd", "native"]
+BACKENDS = ["s5cmd", "native", "crt"]
 
 
 def _objects(client, bucket: str) -> dict[str, bytes]:
@@ -185,10 +186,11 @@ def _in_process_upload(db: Path, bucket: str, s3, backend: str) -> None:
 
 
 @pytest.mark.s3
+@pytest.mark.parametrize("backend", ["native", "crt"])  # crt: NativeBackend's parts, sent by awscrt
 def test_a_file_rewritten_during_a_multipart_upload_never_becomes_an_object(
-    tmp_path: Path, s3, bucket: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, s3, bucket: str, monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
-    """The native backend reads a 12 MiB file in 5 MiB parts; after the first part is sent
+    """The native and crt backends read a 12 MiB file in 5 MiB parts; after the first part is sent
     the rest of the file is rewritten in place and its mtime set back. Before, the object
     was completed torn (old first part, new rest) and recorded as proven."""
     root = tmp_path / "edr"
@@ -211,7 +213,7 @@ def test_a_file_rewritten_during_a_multipart_upload_never_becomes_an_object(
 
     monkeypatch.setattr(NativeBackend, "_send_part", send_part_then_rewrite)
     with pytest.raises(IncompleteError):
-        _in_process_upload(db, bucket, s3, "native")
+        _in_process_upload(db, bucket, s3, backend)
     assert victim.stat().st_mtime_ns == before.st_mtime_ns  # the mtime says nothing changed
     assert _objects(s3.client(), bucket) == {}
     assert uploads(db) == {}
@@ -262,3 +264,35 @@ def test_bytes_s5cmd_read_from_a_file_swapped_after_the_last_check_do_not_stay(
     assert _objects(s3.client(), bucket) == {}
     assert uploads(db) == {}
     assert rows(db, "SELECT reason FROM failures") == [("changed",)]
+
+
+@pytest.mark.s3
+def test_a_published_file_rewritten_just_before_the_runtime_reads_it_is_never_recorded(
+    tmp_path: Path, s3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the store has shown it validates checksums, crt hands a file with a published
+    SHA-256 to the runtime unhashed, by its open descriptor. A rewrite just before the
+    runtime reads it (size and mtime kept) must be refused by the store, reported as
+    corrupt, and leave no object."""
+    root = tmp_path / "edr"
+    make_release(root, {"a/first.fits": b"1" * 4096, "b/victim.fits": b"A" * 4096})
+    victim = root / "b" / "victim.fits"
+    db = tmp_path / "m.db"
+    prepare(root, db)
+    real_put = _CrtSender.put
+
+    def put_after_a_rewrite(self, key, query, body, sha256_hex, **kwargs):
+        if key.endswith("victim.fits"):
+            assert body is None, "sent from a buffer read before the rewrite"
+            _rewrite_keeping_size_and_mtime(victim, b"B" * 4096)
+        return real_put(self, key, query, body, sha256_hex, **kwargs)
+
+    monkeypatch.setattr(_CrtSender, "put", put_after_a_rewrite)
+    os.environ.update(s3.env)
+    target = S3Target(bucket=bucket, endpoint_url=s3.endpoint_url)
+    with Manifest.open(db) as manifest, pytest.raises(IncompleteError):
+        upload(manifest, UploadOptions(target=target, backend="crt", workers=1))  # in order
+    assert "edr/b/victim.fits" not in _objects(s3.client(), bucket)
+    assert "b/victim.fits" not in uploads(db)
+    assert "a/first.fits" in uploads(db)
+    assert rows(db, "SELECT path, reason FROM failures") == [("b/victim.fits", "corrupt")]

@@ -172,7 +172,7 @@ def test_one_line_keeps_the_cause_of_an_error_about_a_long_key() -> None:
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("backend", ["native", "s5cmd"])
+@pytest.mark.parametrize("backend", ["native", "s5cmd"])  # crt: native's key check
 def test_a_key_over_1024_bytes_is_refused_with_its_cause(tmp_path, s3, bucket, cli_env, backend):
     root = tmp_path / "edr"
     deep = "/".join(["x" * 200] * 6)  # 1,200+ bytes of key, each component a legal name
@@ -298,8 +298,9 @@ def radosgw(s3):
 
 
 @pytest.mark.s3
-def test_native_upload_proves_every_file_by_etag_when_the_store_checks_nothing(
-    tmp_path: Path, bucket: str, cli_env: dict, radosgw: FaultProxy
+@pytest.mark.parametrize("backend", ["native", "crt"])
+def test_upload_proves_every_file_by_etag_when_the_store_checks_nothing(
+    tmp_path: Path, bucket: str, cli_env: dict, radosgw: FaultProxy, backend: str
 ) -> None:
     root = tmp_path / "edr"
     files = random_files(7, 6)
@@ -309,12 +310,13 @@ def test_native_upload_proves_every_file_by_etag_when_the_store_checks_nothing(
     db = tmp_path / "m.db"
     prepare(root, db)
     proc, report = upload(
-        db, bucket, radosgw.endpoint_url, cli_env, "--backend", "native", "--part-size", "5MiB"
+        db, bucket, radosgw.endpoint_url, cli_env, "--backend", backend, "--part-size", "5MiB"
     )
     assert proc.returncode == 0, proc.stderr
     done = uploads(db)
     assert len(done) == count_files(root)  # the release, its listings, the unlisted file
     assert {proof for _, proof, _, _ in done.values()} == {"etag"}
+    assert report["proven_by"] == {"etag": len(done)}  # the summary says so too
     assert report["files_sent"] == len(done)  # each proven as it was sent: no retry, no adoption
     assert report["retries"] == 0
     [warning] = [w for w in report["warnings"] if "validated nothing" in w]
@@ -341,12 +343,13 @@ def test_native_upload_proves_every_file_by_etag_when_the_store_checks_nothing(
 
 
 @pytest.mark.s3
-def test_a_store_that_checks_leaves_no_warning(tmp_path, s3, bucket, cli_env) -> None:
+@pytest.mark.parametrize("backend", ["native"])  # crt: tests/test_read_once.py
+def test_a_store_that_checks_leaves_no_warning(tmp_path, s3, bucket, cli_env, backend) -> None:
     root = tmp_path / "edr"
     make_release(root, random_files(8, 3))
     db = tmp_path / "m.db"
     prepare(root, db)
-    proc, report = upload(db, bucket, s3.endpoint_url, cli_env, "--backend", "native")
+    proc, report = upload(db, bucket, s3.endpoint_url, cli_env, "--backend", backend)
     assert proc.returncode == 0, proc.stderr
     assert not any("validated nothing" in w for w in report["warnings"])
     assert {proof for _, proof, _, _ in uploads(db).values()} == {"sha256"}

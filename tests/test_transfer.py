@@ -84,7 +84,7 @@ def aws_env(s3, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
-@pytest.fixture(params=["s5cmd", "native"])
+@pytest.fixture(params=["s5cmd", "native", "crt"])
 def backend_name(request: pytest.FixtureRequest) -> str:
     return request.param
 

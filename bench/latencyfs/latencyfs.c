@@ -17,6 +17,13 @@
  * Written in C: a Python FUSE daemon saturates near 2k calls per second and hides the
  * crawler's parallelism.
  *
+ * --direct-io opens every file with FOPEN_DIRECT_IO: the kernel keeps no page cache of
+ * its data, so every read(2) of the tree crosses into this process, as on a network
+ * filesystem without a client cache (DVS at NERSC). The bytes served by read are counted;
+ * reading the hidden file /.latencyfs-bytes-read (not listed in any directory, so no
+ * crawl sees it) returns the count so far as decimal text. The upload benchmark and the
+ * read-once test take the difference before and after an upload.
+ *
  * Build: gcc -O2 -Wall -o latencyfs latencyfs.c $(pkg-config --cflags --libs fuse3)
  */
 
@@ -41,12 +48,19 @@
 static struct options {
 	const char *source;
 	unsigned int latency_us;
+	int direct_io;
 } options;
+
+/* File data served by read, in bytes (the counter file's own reads excluded). */
+static uint64_t bytes_read;
+static const char counter_path[] = "/.latencyfs-bytes-read";
+#define COUNTER_FH UINT64_MAX
 
 #define OPTION(t, p) {t, offsetof(struct options, p), 1}
 static const struct fuse_opt option_spec[] = {
 	OPTION("--source=%s", source),
 	OPTION("--latency-us=%u", latency_us),
+	OPTION("--direct-io", direct_io),
 	FUSE_OPT_END,
 };
 
@@ -93,7 +107,14 @@ static void *lfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 static int lfs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
 	lag();
-	if (fi)
+	if (strcmp(path, counter_path) == 0) {
+		memset(st, 0, sizeof(*st));
+		st->st_mode = S_IFREG | 0444;
+		st->st_nlink = 1;
+		st->st_size = 32; /* read with direct I/O: the text may be shorter */
+		return 0;
+	}
+	if (fi && fi->fh != COUNTER_FH)
 		return fstat((int)fi->fh, st) == -1 ? -errno : 0;
 	SOURCE_PATH(full, path);
 	return lstat(full, st) == -1 ? -errno : 0;
@@ -165,11 +186,17 @@ static int lfs_open(const char *path, struct fuse_file_info *fi)
 	lag();
 	if ((fi->flags & O_ACCMODE) != O_RDONLY)
 		return -EROFS;
+	if (strcmp(path, counter_path) == 0) {
+		fi->fh = COUNTER_FH;
+		fi->direct_io = 1;
+		return 0;
+	}
 	SOURCE_PATH(full, path);
 	fd = open(full, fi->flags);
 	if (fd == -1)
 		return -errno;
 	fi->fh = (uint64_t)fd;
+	fi->direct_io = options.direct_io ? 1 : 0;
 	return 0;
 }
 
@@ -179,14 +206,28 @@ static int lfs_read(const char *path, char *buf, size_t size, off_t offset,
 	ssize_t n;
 
 	(void)path;
+	if (fi->fh == COUNTER_FH) {
+		char text[32];
+		int len = snprintf(text, sizeof(text), "%llu\n",
+				   (unsigned long long)__atomic_load_n(&bytes_read, __ATOMIC_RELAXED));
+
+		if (offset >= len)
+			return 0;
+		n = (ssize_t)(len - offset) < (ssize_t)size ? len - offset : (ssize_t)size;
+		memcpy(buf, text + offset, (size_t)n);
+		return (int)n;
+	}
 	n = pread((int)fi->fh, buf, size, offset);
+	if (n > 0)
+		__atomic_add_fetch(&bytes_read, (uint64_t)n, __ATOMIC_RELAXED);
 	return n == -1 ? -errno : (int)n;
 }
 
 static int lfs_release(const char *path, struct fuse_file_info *fi)
 {
 	(void)path;
-	close((int)fi->fh);
+	if (fi->fh != COUNTER_FH)
+		close((int)fi->fh);
 	return 0;
 }
 

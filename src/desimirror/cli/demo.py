@@ -19,6 +19,7 @@ import click
 
 from desimirror.dev.s3server import SeaweedServer
 from desimirror.errors import DesimirrorError
+from desimirror.storage.transfer import BACKENDS, DEFAULT_BACKEND
 from desimirror.units import format_size
 
 BUCKET = "desidata"
@@ -53,8 +54,8 @@ def _run(args: list[str], env: dict[str, str]) -> dict:
 @click.option("--scale", type=float, default=0.5, show_default=True, help="Release size.")
 @click.option(
     "--backend",
-    type=click.Choice(["s5cmd", "native"]),
-    default="s5cmd",
+    type=click.Choice(sorted(BACKENDS)),
+    default=DEFAULT_BACKEND,
     show_default=True,
     help="The transfer backend the demo's upload uses (see 'desimirror upload --help').",
 )

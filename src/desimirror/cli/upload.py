@@ -19,7 +19,7 @@ from desimirror.errors import DesimirrorError, UsageError
 from desimirror.pipeline.upload import ADOPT_MODES, UploadOptions, UploadSummary, upload
 from desimirror.progress import for_terminal, set_resume_command
 from desimirror.state.manifest import Manifest
-from desimirror.storage.transfer import BACKENDS
+from desimirror.storage.transfer import BACKENDS, DEFAULT_BACKEND
 from desimirror.text import plural
 from desimirror.units import MiB, format_size
 
@@ -41,11 +41,12 @@ from desimirror.units import MiB, format_size
 @click.option(
     "--backend",
     type=click.Choice(sorted(BACKENDS)),
-    default="s5cmd",
+    default=DEFAULT_BACKEND,
     show_default=True,
-    help="s5cmd: the s5cmd tool sends; each file is hashed first (a second read) and its "
-    "object's ETag checked after. native: boto3 sends each file's SHA-256 with it, so the "
-    "store refuses other bytes (one read).",
+    help="crt: each file read once and sent by the AWS Common Runtime with its SHA-256 "
+    "(the published one where there is one), so the store refuses other bytes. native: the "
+    "same proofs sent by boto3. s5cmd: the s5cmd tool sends; each file is hashed first (a "
+    "second read) and its object's ETag checked after.",
 )
 @click.option("--max-batches", type=click.IntRange(min=1), help="Stop cleanly after N batches.")
 @click.option(
@@ -175,7 +176,7 @@ def _resume_argv(db: str, options: UploadOptions, *, pinned: bool = True) -> lis
             argv += ["--remap", rule]
         argv += ["--endpoint-url", t.endpoint_url] if t.endpoint_url else []
         argv += ["--no-sign-request"] if t.no_sign_request else []
-    if options.backend != "s5cmd":
+    if options.backend != DEFAULT_BACKEND:
         argv += ["--backend", options.backend]
     if options.max_batches is not None:
         argv += ["--max-batches", str(options.max_batches)]
@@ -194,6 +195,9 @@ def _lines(s: UploadSummary, resume: list[str]) -> list[str]:
             f"adopted {plural(s.files_adopted, 'file')} ({format_size(s.bytes_adopted)}) "
             f"already in the bucket, {how}"
         )
+    if s.proven_by:
+        how = ", ".join(f"{n:,} by {proof}" for proof, n in sorted(s.proven_by.items()))
+        lines.append(f"proven: {how}")
     if s.concurrency.get("throttle_events"):
         c = s.concurrency
         lines.append(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from desimirror.storage import transfer
 from desimirror.storage.health import DEFAULT_GIVE_UP_SECONDS
 from desimirror.storage.transfer import S3Target
 from desimirror.units import MiB
@@ -18,7 +19,7 @@ class UploadOptions:
     target: S3Target
     prefix: str | None = None
     remap: tuple[str, ...] = ()
-    backend: str = "s5cmd"
+    backend: str = transfer.DEFAULT_BACKEND
     workers: int = 64
     max_batches: int | None = None
     max_attempts: int = 4
@@ -68,6 +69,8 @@ class UploadSummary:
     stopped_early: bool = False
     concurrency: dict[str, int] = field(default_factory=dict)
     checksums: dict[str, object] = field(default_factory=dict)
+    #: How each file confirmed in this run was tied to its bytes (proof -> files).
+    proven_by: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 

@@ -34,6 +34,8 @@ class Recorder:
 
     def confirmed(self, record: UploadRecord, *, counted_as_adopted: bool) -> None:
         self.done.append(record)
+        proven = self.summary.proven_by
+        proven[record.proof] = proven.get(record.proof, 0) + 1
         if counted_as_adopted:
             self.summary.files_adopted += 1
             self.summary.bytes_adopted += record.size

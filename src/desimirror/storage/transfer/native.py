@@ -79,7 +79,7 @@ from desimirror.storage.transfer.base import (
 )
 
 _MAX_KEY_BYTES = 1024
-_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
+DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"})
 #: An ETag that is an MD5 (single part) or a multipart MD5 (``...-N``): comparable.
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 
@@ -88,11 +88,11 @@ class _Refused(Exception):
     """A file that must not be sent as it is; never worth another attempt."""
 
 
-class _Corrupt(_Refused):
+class CorruptFile(_Refused):
     """The file's bytes differ from its published SHA-256."""
 
 
-class _Changed(_Refused):
+class ChangedFile(_Refused):
     """The file is not the size it had at the crawl."""
 
 
@@ -214,13 +214,13 @@ class NativeBackend:
 
     def _put_now(self, item: TransferItem, client: Any) -> TransferResult:
         try:
-            _check_key(item.key)
+            check_key(item.key)
             if item.size > self.multipart_threshold:  # as s5cmd: one full part is one PUT
                 return self._put_large(item, client)
             return self._put_small(item, client)
-        except _Corrupt as exc:
+        except CorruptFile as exc:
             return self._failure(item, str(exc), retryable=False, reason="corrupt")
-        except _Changed as exc:
+        except ChangedFile as exc:
             return self._failure(item, str(exc), retryable=False, reason="changed")
         except SourceRefused as exc:
             return self._failure(item, str(exc), retryable=False, reason=exc.reason)
@@ -243,8 +243,8 @@ class NativeBackend:
     # -- single-part ----------------------------------------------------------------------
 
     def _put_small(self, item: TransferItem, client: Any) -> TransferResult:
-        with _open(item) as stream:
-            _check_size(os.fstat(stream.fileno()).st_size, item)
+        with open_source(item) as stream:
+            check_size(os.fstat(stream.fileno()).st_size, item)
             reader = HashingReader(stream, item.size, md5=self._wants_md5("single"))
             try:
                 response = client.put_object(
@@ -252,7 +252,7 @@ class NativeBackend:
                 )
             except Exception as exc:
                 code, _ = error_code(exc)
-                if item.sha256 and code in _DIGEST_CODES:
+                if item.sha256 and code in DIGEST_CODES:
                     self._raise_if_corrupt(item, reader.hexdigest())
                 raise
             sent = reader.hexdigest()
@@ -261,7 +261,7 @@ class NativeBackend:
         stored = hex_of_b64(response.get("ChecksumSHA256") or "")
         if item.sha256 and sent is not None and sent != item.sha256:
             # a store that does not check checksums took bytes that differ from the release
-            raise _Corrupt(corrupt_text(sent, item.sha256) + "; the store did not refuse them")
+            raise CorruptFile(corrupt_text(sent, item.sha256) + "; the store did not refuse them")
         digest = item.sha256 or sent or stored
         if stored is not None and digest is not None and stored != digest:
             raise RuntimeError(f"the store reports SHA-256 {stored}, the file has {digest}")
@@ -285,7 +285,7 @@ class NativeBackend:
     def _reread(self, item: TransferItem) -> Any:
         """The file's digests from a second read: only when a store that returned checksums
         stops doing so (the first read computed no MD5 then)."""
-        with _open(item) as stream:
+        with open_source(item) as stream:
             return hash_stream(stream, max(self.multipart_chunksize, 1))
 
     def _etag_proof(self, kind: str, etag: str, expected: str) -> str:
@@ -325,18 +325,18 @@ class NativeBackend:
         A file that changed size since the crawl (written to while being sent) is reported
         as changed, not corrupt: a re-crawl settles it.
         """
-        with _open(item) as stream:
-            _check_size(os.fstat(stream.fileno()).st_size, item)
+        with open_source(item) as stream:
+            check_size(os.fstat(stream.fileno()).st_size, item)
             actual = sent or hash_stream(stream, self.multipart_chunksize, md5=False).sha256
         if actual != item.sha256:
-            raise _Corrupt(corrupt_text(actual, item.sha256))
+            raise CorruptFile(corrupt_text(actual, item.sha256))
 
     # -- multipart ------------------------------------------------------------------------
 
     def _put_large(self, item: TransferItem, client: Any) -> TransferResult:
         bucket, key = self.target.bucket, item.key
-        with _open(item) as stream:
-            _check_size(os.fstat(stream.fileno()).st_size, item)
+        with open_source(item) as stream:
+            check_size(os.fstat(stream.fileno()).st_size, item)
             created = client.create_multipart_upload(
                 Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256"
             )
@@ -347,7 +347,7 @@ class NativeBackend:
                 # or not) would make a torn object: never completed
                 recheck_fd(stream.fileno(), item.signature)
                 if item.sha256 and whole != item.sha256:
-                    raise _Corrupt(corrupt_text(whole, item.sha256) + "; the upload was aborted")
+                    raise CorruptFile(corrupt_text(whole, item.sha256) + "; the upload was aborted")
                 done = client.complete_multipart_upload(
                     Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 )
@@ -357,7 +357,7 @@ class NativeBackend:
         head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         length = int(head.get("ContentLength", -1))
         if length != item.size:
-            raise _Changed(f"the object has {length} bytes, expected {item.size}: file changed")
+            raise ChangedFile(f"the object has {length} bytes, expected {item.size}: file changed")
         digests = tuple(p["ChecksumSHA256"] for p in parts)
         composite = composite_sha256(digests)
         stored = head.get("ChecksumSHA256") or done.get("ChecksumSHA256")
@@ -439,7 +439,7 @@ class NativeBackend:
                     slots.release()
             raise
         if total != item.size:
-            raise _Changed(f"read {total} bytes, expected {item.size}: file changed")
+            raise ChangedFile(f"read {total} bytes, expected {item.size}: file changed")
         return parts, whole.hexdigest(), md5s or []
 
     def _send_part(
@@ -459,14 +459,7 @@ class NativeBackend:
         def send() -> Any:
             if failed.is_set() or self._closing.is_set():
                 raise _Cancelled("another part of the file failed")
-            return client.upload_part(
-                Bucket=self.target.bucket,
-                Key=item.key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                ChecksumSHA256=b64,
-            )
+            return self._upload_part(client, item, upload_id, number, data, digest)
 
         try:
             try:
@@ -487,6 +480,26 @@ class NativeBackend:
             return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": b64}
         finally:
             self._part_slots.release()
+
+    def _upload_part(
+        self,
+        client: Any,
+        item: TransferItem,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        digest: bytes,
+    ) -> dict[str, Any]:
+        """One UploadPart with its SHA-256 (``digest``, raw); the response as boto3 gives it
+        (``ETag``, ``ChecksumSHA256``). The one call another engine replaces."""
+        return client.upload_part(
+            Bucket=self.target.bucket,
+            Key=item.key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumSHA256=b64_of_hex(digest.hex()),
+        )
 
     def _abort(self, client: Any, key: str, upload_id: str) -> None:
         """Best effort: an aborted upload stores nothing (a bucket lifecycle rule is the net)."""
@@ -513,7 +526,7 @@ class NativeBackend:
         self._closing.clear()
 
 
-def _open(item: TransferItem) -> Any:
+def open_source(item: TransferItem) -> Any:
     """The item's file as a buffered stream, opened beneath the root and identity-checked."""
     fd = open_item(item.root, item.rel, item.source, item.signature)
     return os.fdopen(fd, "rb", buffering=CHUNK)
@@ -532,7 +545,7 @@ def _read_exact(stream: Any, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
     try:
         size = len(key.encode("utf-8"))
     except UnicodeEncodeError:
@@ -546,6 +559,6 @@ def _check_key(key: str) -> None:
         )
 
 
-def _check_size(actual: int, item: TransferItem) -> None:
+def check_size(actual: int, item: TransferItem) -> None:
     if actual != item.size:
-        raise _Changed(f"the file has {actual} bytes, expected {item.size}: file changed")
+        raise ChangedFile(f"the file has {actual} bytes, expected {item.size}: file changed")

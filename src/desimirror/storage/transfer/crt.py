@@ -1,0 +1,384 @@
+"""The crt backend (the default): each file read once, proven by the store, sent by the AWS
+Common Runtime's native threads.
+
+It is :class:`~desimirror.storage.transfer.native.NativeBackend` (the same proofs, the same
+multipart protocol, the same handling of stores that validate nothing) with the bytes sent
+by ``awscrt`` instead of botocore, because per file botocore costs more client CPU than
+s5cmd does and on a transfer node the client's CPU is what scales. Per file:
+
+* A file up to the part size is read once into memory, beneath the root
+  (:func:`~desimirror.integrity.sourcetree.open_item`) and re-checked against the crawl after
+  its last byte. It is sent from that buffer with ``x-amz-checksum-sha256``: the published
+  SHA-256 where the release has one (nothing is hashed here, the store refuses other
+  bytes), else the SHA-256 of the buffer. A store that refuses it (BadDigest) gets the
+  buffer hashed to tell a corrupt file (never retried) from damage on the way.
+* Once the store has returned a checksum (it validates them), a file with a published
+  SHA-256 does not pass through Python at all: the runtime reads it from the descriptor
+  opened beneath the root (``/proc/self/fd/N``, the same open file, never the path again),
+  and the descriptor is checked against the crawl again after the send.
+* SigV4 over plain HTTP signs the payload's SHA-256, which botocore computes by hashing
+  the body again. Here the payload's SHA-256 is the checksum already known, so it is
+  given to the signer (``x-amz-content-sha256``) and the body is never hashed for signing;
+  over HTTPS too, the request stays fully signed.
+* A larger file goes in parts exactly as in the native backend (read once, in order; each
+  part hashed once, sent with its SHA-256, which is also its signed payload hash); only the
+  UploadPart requests go through the runtime, the create/complete/abort/HEAD calls of each
+  file stay boto3's (one each per large file).
+* While the store is not known to validate checksums (it has not yet returned one), the
+  buffer's SHA-256 and MD5 are computed too, so a store that ignores checksums (Ceph
+  radosgw 16) still ends with every object proven, by its ETag (``proof="etag"``).
+
+SeaweedFS accepts checksums in the HEADER location, which is where they go here; the
+runtime's TRAILER location (aws-chunked) is refused by it with 403 InvalidAccessKeyId.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import os
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+from desimirror.integrity.checksums import corrupt_text, hash_stream, hex_of_b64
+from desimirror.integrity.sourcetree import open_item, recheck_fd
+from desimirror.storage.s3client import DEFAULT_REGION, endpoint_url, strip_etag
+from desimirror.storage.transfer.base import (
+    DEFAULT_PART_SIZE,
+    S3Target,
+    TransferItem,
+    TransferResult,
+)
+from desimirror.storage.transfer.native import (
+    DIGEST_CODES,
+    CorruptFile,
+    NativeBackend,
+    check_size,
+)
+
+_XML_FIELD = "<{0}>([^<]*)</{0}>"
+#: The runtime reads a file by path; this one names an open descriptor (Linux).
+_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
+class CrtBackend(NativeBackend):
+    """boto3's proofs and multipart protocol, awscrt's sending; see the module docstring."""
+
+    name = "crt"
+    #: Bytes of small files held in memory at once across all transfers (one file always
+    #: fits): 64 transfers of files near the part size would otherwise hold gigabytes.
+    buffer_budget = 1 << 30
+
+    def __init__(
+        self, target: S3Target, workers: int, *, part_size: int = DEFAULT_PART_SIZE
+    ) -> None:
+        super().__init__(target, workers, part_size=part_size)
+        self._sender: _CrtSender | None = None
+        self._sender_lock = threading.Lock()
+        self._buffers = _Budget(self.buffer_budget)
+
+    def _crt(self) -> _CrtSender:
+        with self._sender_lock:
+            if self._sender is None:
+                connections = self.workers + self.multipart_concurrency
+                self._sender = _CrtSender(self.target, connections, self.read_timeout)
+            return self._sender
+
+    # -- single-part ----------------------------------------------------------------------
+
+    def _put_small(self, item: TransferItem, client: Any) -> TransferResult:  # noqa: ARG002
+        if item.sha256 and self._store_checks["single"] and _PROC_FD:
+            return self._put_published(item)
+        with self._buffers.hold(item.size):
+            return self._put_buffered(item)
+
+    def _put_buffered(self, item: TransferItem) -> TransferResult:
+        data = self._read_once(item)
+        checks = self._store_checks["single"]
+        # hash here only what the store will not prove: no published digest, or a store
+        # not (yet) seen validating one
+        local = hashlib.sha256(data).hexdigest() if not item.sha256 or not checks else None
+        if item.sha256 and local is not None and local != item.sha256:
+            raise CorruptFile(corrupt_text(local, item.sha256))  # never sent
+        digest = item.sha256 or local
+        assert digest is not None
+        md5 = hashlib.md5(data).hexdigest() if self._wants_md5("single") else None
+        try:
+            headers = self._crt().put(item.key, "", data, digest)
+        except Exception as exc:
+            self._raise_if_refused_as_corrupt(exc, item, data)
+            raise
+        stored = hex_of_b64(headers.get("x-amz-checksum-sha256", ""))
+        if stored is not None and stored != digest:
+            raise RuntimeError(f"the store reports SHA-256 {stored}, the file has {digest}")
+        etag = strip_etag(headers.get("etag"))
+        if stored is not None:
+            self._saw_checksum("single")
+            proof = "sha256"
+        else:
+            proof = self._etag_proof("single", etag, md5 or hashlib.md5(data).hexdigest())
+        return TransferResult(item, ok=True, etag=etag, sha256=digest, proof=proof)
+
+    def _put_published(self, item: TransferItem) -> TransferResult:
+        """A file with a published SHA-256 to a store that validates it: the runtime reads
+        the opened file itself (through ``/proc/self/fd``, the same open file, never the
+        path again) and sends it with that digest; no byte passes through Python."""
+        assert item.sha256 is not None
+        fd = open_item(item.root, item.rel, item.source, item.signature)
+        try:
+            check_size(os.fstat(fd).st_size, item)
+            try:
+                headers = self._crt().put(
+                    item.key, "", None, item.sha256, send_path=f"/proc/self/fd/{fd}", size=item.size
+                )
+            except Exception as exc:
+                code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+                if code in DIGEST_CODES:  # corrupt, or damaged on the way: read it to tell
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    stream = os.fdopen(os.dup(fd), "rb")
+                    with stream:
+                        actual = hash_stream(stream, self.multipart_chunksize, md5=False).sha256
+                    if actual != item.sha256:
+                        raise CorruptFile(corrupt_text(actual, item.sha256)) from None
+                raise
+            recheck_fd(fd, item.signature)  # modified while the runtime read it: not proven
+        finally:
+            os.close(fd)
+        stored = hex_of_b64(headers.get("x-amz-checksum-sha256", ""))
+        if stored != item.sha256:
+            raise RuntimeError(f"the store reports SHA-256 {stored}, the file has {item.sha256}")
+        etag = strip_etag(headers.get("etag"))
+        return TransferResult(item, ok=True, etag=etag, sha256=item.sha256, proof="sha256")
+
+    def _read_once(self, item: TransferItem) -> bytes:
+        """The whole file, read once beneath the root, the same file after its last byte."""
+        fd = open_item(item.root, item.rel, item.source, item.signature)
+        try:
+            check_size(os.fstat(fd).st_size, item)
+            buffer = bytearray(item.size)
+            view, got = memoryview(buffer), 0
+            while got < item.size:
+                n = os.readv(fd, [view[got:]])
+                if n == 0:
+                    break
+                got += n
+            check_size(got, item)
+            recheck_fd(fd, item.signature)
+            return bytes(buffer) if got else b""
+        finally:
+            os.close(fd)
+
+    def _raise_if_refused_as_corrupt(self, exc: Exception, item: TransferItem, data: bytes) -> None:
+        """After a digest refusal of a published digest: the file is corrupt if the bytes
+        read are not the release's; else they were damaged on the way (retried)."""
+        code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+        if item.sha256 and code in DIGEST_CODES:
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != item.sha256:
+                raise CorruptFile(corrupt_text(actual, item.sha256)) from None
+
+    # -- multipart: only the parts' bytes change engine -----------------------------------
+
+    def _upload_part(
+        self,
+        client: Any,  # noqa: ARG002 (boto3's; the parts go through the runtime)
+        item: TransferItem,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        digest: bytes,
+    ) -> dict[str, Any]:
+        query = urllib.parse.urlencode({"partNumber": number, "uploadId": upload_id})
+        headers = self._crt().put(item.key, query, data, digest.hex())
+        return {
+            "ETag": headers.get("etag", ""),
+            "ChecksumSHA256": headers.get("x-amz-checksum-sha256"),
+        }
+
+    def close(self) -> None:
+        super().close()
+        with self._sender_lock:
+            self._sender = None  # the runtime's client shuts down when released
+
+
+class _Budget:
+    """A number of bytes shared by threads; a request larger than the whole budget waits
+    until nothing else is held, so it never waits forever."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.held = capacity, 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, size: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self.held == 0 or self.held + size <= self.capacity)
+            self.held += size
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.held -= size
+                self._changed.notify_all()
+
+
+class _CrtSender:
+    """PUTs of in-memory bodies through one ``awscrt`` S3 client, signed with SigV4 and the
+    body's known SHA-256; failures raised as botocore errors, classified as boto3's are."""
+
+    def __init__(self, target: S3Target, connections: int, timeout: float) -> None:
+        from awscrt import auth, s3
+        from awscrt import io as crt_io
+
+        self._auth, self._s3 = auth, s3
+        self.timeout = timeout
+        url = endpoint_url(target)
+        self.region = target.region or _session_region() or DEFAULT_REGION
+        if url:  # path-style, as the boto3 client of a custom endpoint
+            parts = urllib.parse.urlsplit(url)
+            self.host, self._base = parts.netloc, parts.path.rstrip("/") + f"/{target.bucket}/"
+            tls = parts.scheme == "https"
+        else:
+            self.host, self._base = f"{target.bucket}.s3.{self.region}.amazonaws.com", "/"
+            tls = True
+        loops = crt_io.EventLoopGroup(0)  # one per core
+        bootstrap = crt_io.ClientBootstrap(loops, crt_io.DefaultHostResolver(loops))
+        self._credentials = None if target.no_sign_request else _credentials_provider(auth)
+        self.client = s3.S3Client(
+            bootstrap=bootstrap,
+            region=self.region,
+            tls_mode=s3.S3RequestTlsMode.ENABLED if tls else s3.S3RequestTlsMode.DISABLED,
+            signing_config=self._signing(None),
+            max_active_connections_override=max(1, connections),
+            retry_config=s3.S3RetryConfig(max_retries=2),
+            connect_timeout_ms=10_000,
+        )
+
+    def _signing(self, payload_sha256: str | None) -> Any:
+        auth = self._auth
+        if self._credentials is None:
+            return None
+        return auth.AwsSigningConfig(
+            algorithm=auth.AwsSigningAlgorithm.V4,
+            signature_type=auth.AwsSignatureType.HTTP_REQUEST_HEADERS,
+            credentials_provider=self._credentials,
+            region=self.region,
+            service="s3",
+            signed_body_value=payload_sha256,
+            signed_body_header_type=auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
+            use_double_uri_encode=False,  # S3 signs the key as sent, encoded once
+            should_normalize_uri_path=False,
+        )
+
+    def put(
+        self,
+        key: str,
+        query: str,
+        body: bytes | None,
+        sha256_hex: str,
+        *,
+        send_path: str | None = None,
+        size: int = 0,
+    ) -> dict[str, str]:
+        """PUT ``body`` (or the file at ``send_path``, ``size`` bytes), whose SHA-256 is
+        ``sha256_hex``, at ``key``; the response headers, lowercased. Raises a botocore
+        ``ClientError`` for an error reply."""
+        from awscrt import http
+
+        path = self._base + urllib.parse.quote(key, safe="/~")
+        if query:
+            path += "?" + query
+        checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+        headers = http.HttpHeaders(
+            [
+                ("Host", self.host),
+                ("Content-Length", str(size if body is None else len(body))),
+                ("x-amz-checksum-sha256", checksum),
+            ]
+        )
+        stream = None if body is None else io.BytesIO(body)
+        request = http.HttpRequest("PUT", path, headers, stream)
+        reply: dict[str, Any] = {}
+
+        def on_headers(*, headers: list, **_: Any) -> None:
+            reply["headers"] = {name.lower(): value for name, value in headers}
+
+        def on_done(
+            error: Any = None, error_body: bytes | None = None, status_code: Any = None, **_: Any
+        ) -> None:
+            reply.update(error=error, body=error_body, status=status_code)
+
+        operation = "UploadPart" if query else "PutObject"
+        pending = self.client.make_request(
+            type=self._s3.S3RequestType.DEFAULT,
+            operation_name=operation,
+            request=request,
+            send_filepath=send_path,
+            signing_config=self._signing(sha256_hex),
+            on_headers=on_headers,
+            on_done=on_done,
+        )
+        try:
+            pending.finished_future.result(self.timeout + (size or len(body or b"")) / 1e6)
+        except Exception:  # a timeout (an error reply is in ``reply``)
+            pending.cancel()
+            with contextlib.suppress(Exception):
+                pending.finished_future.result(self.timeout)
+        if reply.get("status") == 200 and reply.get("error") is None:
+            return reply.get("headers", {})
+        raise _error(operation, reply)
+
+
+def _error(operation: str, reply: dict[str, Any]) -> Exception:
+    """A botocore error for a failed request, so that it is described, classified
+    (retryable, throttling, digest refusal) exactly as boto3's errors are."""
+    from botocore import exceptions as bx
+
+    status, body = reply.get("status"), reply.get("body") or b""
+    if not status:
+        return bx.HTTPClientError(error=reply.get("error") or "no reply (timed out)")
+    text = body.decode("utf-8", "replace")
+    fields = {
+        name: (m.group(1) if (m := re.search(_XML_FIELD.format(name), text)) else "")
+        for name in ("Code", "Message")
+    }
+    response = {
+        "Error": {"Code": fields["Code"] or str(status), "Message": fields["Message"]},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return bx.ClientError(response, operation)
+
+
+def _session_region() -> str | None:
+    import boto3
+
+    return boto3.session.Session().region_name
+
+
+def _credentials_provider(auth: Any) -> Any:
+    """The standard AWS chain as boto3 resolves it (environment, profile, role), handed
+    to the runtime per signature, so that both engines use the same credentials and
+    refreshed role credentials reach the runtime too."""
+    import boto3
+    from botocore.credentials import RefreshableCredentials
+    from botocore.exceptions import NoCredentialsError
+
+    credentials = boto3.session.Session().get_credentials()
+    if credentials is None:
+        raise NoCredentialsError()
+    if not isinstance(credentials, RefreshableCredentials):  # keys: no Python per signature
+        frozen = credentials.get_frozen_credentials()
+        return auth.AwsCredentialsProvider.new_static(
+            frozen.access_key, frozen.secret_key, frozen.token
+        )
+
+    def current() -> Any:
+        frozen = credentials.get_frozen_credentials()
+        return auth.AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+    return auth.AwsCredentialsProvider.new_delegate(current)
