@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from desimirror.cli.common import finish, json_option
-from desimirror.dev.synth import synthesize
 from desimirror.errors import DesimirrorError
 from desimirror.progress import for_terminal
 from desimirror.units import format_size
@@ -50,6 +49,8 @@ def command(directory: Path, scale: float, sparse: bool, seed: int, json_output:
     target, survey and vac trees, a *.sha256sum file per directory, and the awkward cases
     real trees hold: odd names, empty directories and symlinks of every kind.
     """
+    from desimirror.dev.synth import synthesize  # numpy and astropy: only for this command
+
     try:
         summary = synthesize(
             directory, scale, sparse=sparse, seed=seed, progress=for_terminal(json_output)
