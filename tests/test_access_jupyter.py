@@ -252,7 +252,7 @@ def test_jupyter_streams_the_release_runs_the_welcome_notebook_and_unmounts(
         socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
 
 
-def test_jupyter_with_a_local_copy_execs_jupyterlab(
+def test_jupyter_with_a_local_copy_says_the_url_again_after_the_start_up_log(
     release_bucket: ReleaseBucket, access_env: dict[str, str], tmp_path: Path, launch
 ) -> None:
     notebooks = tmp_path / "nb"
@@ -266,15 +266,26 @@ def test_jupyter_with_a_local_copy_execs_jupyterlab(
     )  # fmt: skip
     assert server.host == "203.0.113.7"  # printed for the user, as on EC2
     server.wait_ready()
-    # exec: the launcher *is* JupyterLab now (same PID), with the environment set.
-    cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().split(b"\0")
+    # The same URL once more, after JupyterLab's log (stderr) said it is serving.
+    deadline = time.monotonic() + 30
+    while "JupyterLab is ready" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "JupyterLab is ready; open this URL" in server.log.read_text()
+    assert server.proc.stdout is not None
+    assert server.proc.stdout.readline().strip() == server.url
+    log = server.log.read_text()
+    assert log.rindex("is running at") < log.rindex("JupyterLab is ready"), log
+    # JupyterLab is the launcher's child, with the environment set.
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text()
+    child = int(children.split()[0])
+    cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
     assert b"jupyterlab" in cmdline
-    environ = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+    environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
     assert f"DESI_ROOT={release_bucket.local}/edr".encode() in environ
     assert not any(arg.startswith(b"--IdentityProvider.token") for arg in cmdline)
     assert _get(server.base + "/api/status")[0] == 403
     assert (notebooks / "welcome.ipynb").is_file()
-    server.stop()
+    assert server.stop() == 0
 
 
 def test_jupyter_refuses_unsafe_or_wrong_options(
