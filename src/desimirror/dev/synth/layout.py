@@ -438,7 +438,8 @@ def _zcatalog(shape: _Shape, seed: int) -> Iterator[DirSpec]:
             if f"/healpix/{survey}/{program}/" in path
         )
         rows = _zcatalog_rows(_size(rng, MiB * s / 2 + 9000, 2 * MiB * s + 20_000))
-        rows = max(rows, sum(count for _, count in members))
+        if members:  # exactly the coadds' targets: every row has its coadd, as in DESI's
+            rows = sum(count for _, count in members)
         keys = (("SURVEY", survey), ("PROGRAM", program))
         product = Product("zcatalog", rows, keys, f"zpix {survey} {program}", members)
         files.append((f"zpix-{survey}-{program}.fits", product))
