@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -93,19 +93,51 @@ def gzip_stored(data: bytes) -> bytes:
 # ---------------------------------------------------------------- HDU builders
 
 
-def _column(name: str, fmt: str, values: Any, unit: str | None = None):
+class _Col(NamedTuple):
+    """A column: name, FITS format (``K``, ``10D``, ``6A``...), values, unit."""
+
+    name: str
+    fmt: str
+    array: Any
+    unit: str | None = None
+
+
+_NUMPY = {"K": ">i8", "J": ">i4", "I": ">i2", "D": ">f8", "E": ">f4", "L": "?", "B": "u1"}
+
+
+def _column(name: str, fmt: str, values: Any, unit: str | None = None) -> _Col:
+    return _Col(name, fmt, values, unit)
+
+
+def _dtype(col: _Col) -> tuple:
+    count, code = (int(col.fmt[:-1]) if col.fmt[:-1] else 1), col.fmt[-1]
+    if code == "A":
+        return (col.name, f"S{count}")
+    return (col.name, _NUMPY[code], (count,)) if count > 1 else (col.name, _NUMPY[code])
+
+
+def _table(name: str, columns: list[_Col], keys: dict[str, Any] | None = None):
+    """A binary table from a structured array: astropy's Column objects cost ~1 ms each,
+    and thousands of tables of dozens of columns would take minutes."""
     from astropy.io import fits
 
-    return fits.Column(name=name, format=fmt, array=values, unit=unit)
-
-
-def _table(name: str, columns: list, keys: dict[str, Any] | None = None):
-    from astropy.io import fits
-
-    hdu = fits.BinTableHDU.from_columns(columns, name=name)
+    n = len(columns[0].array)
+    data = np.empty(n, dtype=[_dtype(c) for c in columns])
+    for col in columns:
+        values = np.asarray(col.array)
+        data[col.name] = values.astype(f"S{col.fmt[:-1] or 1}") if col.fmt[-1] == "A" else values
+    hdu = fits.BinTableHDU(data=data, name=name)
+    _copy_units(columns, hdu)
     for key, value in (keys or {}).items():
         hdu.header[key] = value
     return hdu
+
+
+def _copy_units(columns: list, hdu) -> None:
+    """TUNITn from ``columns`` (ours, or another table's): a structured array has none."""
+    for col, target in zip(columns, hdu.columns, strict=True):
+        if col.unit:
+            target.unit = col.unit
 
 
 def _fibermap(t: sky.Targets, rng: np.random.Generator, name: str = "FIBERMAP"):
@@ -464,9 +496,10 @@ def _blank(hdus: list) -> list:
         if isinstance(hdu, fits.CompImageHDU):  # raw pixels: the same in every file anyway
             pass
         elif isinstance(hdu, fits.BinTableHDU):
-            hdu = fits.BinTableHDU.from_columns(
-                hdu.columns, header=hdu.header, nrows=len(hdu.data), fill=True
-            )
+            zeros = np.zeros(len(hdu.data), dtype=np.asarray(hdu.data).dtype)
+            blank = fits.BinTableHDU(data=zeros, header=hdu.header.copy())
+            _copy_units(list(hdu.columns), blank)
+            hdu = blank
         elif isinstance(hdu, fits.ImageHDU) and hdu.data is not None:
             hdu = fits.ImageHDU(np.zeros_like(hdu.data), header=hdu.header)
         out.append(hdu)
@@ -474,14 +507,34 @@ def _blank(hdus: list) -> list:
 
 
 def _serialize(hdus: list, gzip: bool) -> bytes:
+    """The HDUs as a FITS file, with CHECKSUM and DATASUM dated :data:`CHECKSUM_TIME`, not
+    now (the same seed, the same bytes).
+
+    astropy dates them with ``_ValidHDU._get_timestamp``, which is pointed at the fixed
+    time for the write (one pass: checksums over the bytes as written). Should a release
+    of astropy not have it, each HDU is written, read back and summed with ``when=``
+    (``add_checksum`` before writing would sum a table before astropy rewrites its
+    column keywords), which costs twice the time.
+    """
     from astropy.io import fits
+    from astropy.io.fits.hdu import base
 
     buffer = io.BytesIO()
-    hdul = fits.HDUList(hdus)
-    hdul.verify("silentfix")
-    for hdu in hdul:
-        hdu.add_checksum(when=CHECKSUM_TIME)
-    hdul.writeto(buffer)
+    if hasattr(base._ValidHDU, "_get_timestamp"):
+        original = base._ValidHDU._get_timestamp
+        base._ValidHDU._get_timestamp = lambda _self: CHECKSUM_TIME
+        try:
+            fits.HDUList(hdus).writeto(buffer, checksum=True)
+        finally:
+            base._ValidHDU._get_timestamp = original
+    else:  # pragma: no cover - another astropy
+        first = io.BytesIO()
+        fits.HDUList(hdus).writeto(first)
+        first.seek(0)
+        with fits.open(first) as hdul:
+            for hdu in hdul:
+                hdu.add_checksum(when=CHECKSUM_TIME)
+            hdul.writeto(buffer)
     data = buffer.getvalue()
     return gzip_stored(data) if gzip else data
 
@@ -540,11 +593,56 @@ def template(p: Product) -> Template:
 
 
 def size(p: Product) -> int:
-    """The file's size in bytes, which :func:`render` writes exactly."""
+    """The file's size in bytes, which :func:`render` writes exactly.
+
+    Measured without making the file: every HDU's header has the same cards whatever the
+    count, and its data grows linearly with it, so two blank templates (counts 1 and 2)
+    give every size; raw frames are a head and cameras of known sizes.
+    """
     if p.kind == "image":
         fits_size = _image_fits_size(p.n)
-        return gzip_size(fits_size) if p.gzip else fits_size
-    return template(p).size
+    elif p.kind in ("raw", "guide"):
+        keys = tuple((k, _neutral(v)) for k, v in p.keys)
+        fits_size = _raw_head_size(p.kind, keys) + sum(
+            len(_extension_bytes(p.kind, 0, "", 0, i)) for i in range(p.n)
+        )
+    else:
+        keys = tuple((k, _neutral(v)) for k, v in p.keys)
+        fits_size = sum(
+            header + pad(base + per_item * p.n) for header, base, per_item in _linear(p.kind, keys)
+        )
+    return gzip_size(fits_size) if p.gzip else fits_size
+
+
+@lru_cache(maxsize=256)
+def _raw_head_size(kind: str, keys: tuple) -> int:
+    return len(_serialize(_raw(Product(kind, 0, keys), dict(keys), 0), gzip=False))
+
+
+@lru_cache(maxsize=256)
+def _linear(kind: str, keys: tuple) -> tuple[tuple[int, int, int], ...]:
+    """Per HDU: (header bytes, data bytes at count 0, data bytes per count)."""
+    one, two = (_spans(kind, n, keys) for n in (1, 2))
+    return tuple((h1, 2 * d1 - d2, d2 - d1) for (h1, d1), (_, d2) in zip(one, two, strict=True))
+
+
+def _spans(kind: str, n: int, keys: tuple) -> list[tuple[int, int]]:
+    """(header bytes, unpadded data bytes) of each HDU of a blank product of count ``n``."""
+    from astropy.io import fits
+
+    data = _serialize(
+        _blank(BUILDERS[kind](Product(kind, n, keys, "template"), dict(keys), 0)), False
+    )
+    spans = []
+    with fits.open(io.BytesIO(data)) as hdul:
+        for index, hdu in enumerate(hdul):
+            info = hdul.fileinfo(index)
+            header = hdu.header
+            naxes = [header.get(f"NAXIS{i}", 0) for i in range(1, header.get("NAXIS", 0) + 1)]
+            nbytes = abs(header["BITPIX"]) // 8 * math.prod(naxes) if naxes else 0
+            nbytes += header.get("PCOUNT", 0) if naxes else 0
+            spans.append((info["datLoc"] - info["hdrLoc"], nbytes))
+    return spans
 
 
 @lru_cache(maxsize=256)
