@@ -56,7 +56,9 @@ def _check(outputs: list) -> None:
     assert "TARGETID" in text, text
     assert "B_RESOLUTION" in text, text  # hdul.info() of the coadd
     assert "SCORES" in text, text
-    assert "OBSTYPE" in text, text  # the raw frame's SPEC header was read
+    assert "OBSTYPE SCIENCE" in text, text  # the raw frame's SPEC header was read
+    tables = [o["data"]["text/plain"] for cell in outputs for o in cell if "data" in o]
+    assert any("EXPTIME" in t and "science" in t for t in tables), tables  # the CSV
     pngs = [o for cell in outputs for o in cell if "image/png" in o.get("data", {})]
     assert pngs, "no spectrum was drawn"
 

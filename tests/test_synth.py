@@ -73,6 +73,7 @@ def test_layout_is_desi_like(small: Path) -> None:
         "spectro/redux/fuji/tiles/cumulative/*/2020????/coadd-0-*-thru2020????.fits",
         "spectro/redux/fuji/healpix/*/*/*/*/coadd-*-*-*.fits",
         "spectro/redux/fuji/calibnight/2020????/psfnight-b0-2020????.fits",
+        "spectro/redux/fuji/exposure_tables/2020??/exposure_table_2020????.csv",
         "spectro/redux/fuji/calibnight/2020????/redux_fuji_calibnight_2020????.sha256sum",
         "target/fiberassign/tiles/trunk/001/fiberassign-001???.fits.gz",
         "target/catalogs/dr9/*/targets/main/resolve/*/targets-*-hp-*.fits",

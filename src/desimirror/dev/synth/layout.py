@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
-from desimirror.dev.synth import fits
+from desimirror.dev.synth import fits, tables
 from desimirror.dev.synth.fits import Product
 from desimirror.units import MiB
 
@@ -193,7 +193,8 @@ def _file(name: str, content: int | Product, mtime: int, group: str) -> FileSpec
     if not product.group:
         product = Product(product.kind, product.n, product.keys, f"{group}/{name}",
                           product.members, product.gzip)  # fmt: skip
-    return FileSpec(name, fits.size(product), mtime, product)
+    measure = tables.size if product.kind in tables.KINDS else fits.size
+    return FileSpec(name, measure(product), mtime, product)
 
 
 def _checksum_name(path: str) -> str:
@@ -312,6 +313,22 @@ def _redux_top(shape: _Shape, seed: int) -> Iterator[DirSpec]:
         ("tiles-fuji.fits", Product("tiles", len(tiles), members=tiles)),
     ]
     yield _directory(path, files, rng, shape.release - 30 * DAY, 20 * DAY)
+
+
+def _exposure_tables(shape: _Shape, seed: int) -> Iterator[DirSpec]:
+    """exposure_tables/YYYYMM/: one CSV a night listing its exposures, as the pipeline's."""
+    months: dict[str, list[tuple[str, Product]]] = {}
+    for night in shape.nights:
+        rows = tuple(
+            (int(night.date), expid, kind, _exposure_tile(seed, expid) if kind == "science" else 0)
+            for expid, kind in night.exposures
+        )
+        product = Product("exposure_table", len(rows), members=rows)
+        months.setdefault(night.date[:6], []).append((f"exposure_table_{night.date}.csv", product))
+    for month, files in months.items():
+        path = f"{REDUX}/exposure_tables/{month}"
+        rng = _rng(seed, path)
+        yield _directory(path, files, rng, shape.nights[0].start + 20 * DAY, 5 * DAY)
 
 
 def _calibnight(shape: _Shape, seed: int) -> Iterator[DirSpec]:
@@ -592,6 +609,7 @@ def layout(scale: float, seed: int = 0) -> Iterator[DirSpec | LinkSpec]:
     for part in (
         _raw_data,
         _redux_top,
+        _exposure_tables,
         _calibnight,
         _exposures,
         _tiles,

@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from desimirror.dev.synth import fits
+from desimirror.dev.synth import fits, tables
 from desimirror.dev.synth.layout import CHUNK, DirSpec, FileSpec, LinkSpec, SynthSummary
 
 
@@ -168,6 +168,10 @@ class TreeWriter:
     def _write_product(self, fd: int, spec: FileSpec) -> str:
         """A FITS file: its full content, or (sparse) its template's non-zero blocks."""
         assert spec.product is not None
+        if spec.product.kind in tables.KINDS:  # small text: the same, sparse or not
+            text = tables.render(spec.product)
+            _write_all(fd, text)
+            return hashlib.sha256(text).hexdigest()
         if self.sparse:
             template = fits.template(spec.product)
             for offset, block in template.blocks:
