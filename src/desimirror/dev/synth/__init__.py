@@ -91,6 +91,7 @@ __all__ = [
 def estimate(scale: float, seed: int = 0, *, sparse: bool = False) -> SynthSummary:
     """What :func:`synthesize` would write, without writing: for progress totals and sizing."""
     _check_scale(scale)
+    _check_astropy()
     tally = Tally()
     for entry in layout(scale, seed):
         tally.add(entry)
@@ -133,6 +134,17 @@ def synthesize(
     finally:
         progress.close()
     return writer.tally.summary(root, scale, seed, sparse, time.monotonic() - started)
+
+
+def _check_astropy() -> None:
+    """The FITS files are made with astropy, an extra of desimirror, not a dependency."""
+    import importlib.util
+
+    if importlib.util.find_spec("astropy") is None:
+        raise UsageError(
+            "synth writes FITS files with astropy, which is not installed: "
+            "pip install 'desimirror[test]' (or astropy)"
+        )
 
 
 def _check_scale(scale: float) -> None:
