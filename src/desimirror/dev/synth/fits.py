@@ -496,7 +496,12 @@ def _blank(hdus: list) -> list:
         if isinstance(hdu, fits.CompImageHDU):  # raw pixels: the same in every file anyway
             pass
         elif isinstance(hdu, fits.BinTableHDU):
-            zeros = np.zeros(len(hdu.data), dtype=np.asarray(hdu.data).dtype)
+            # Logical columns hold 'F' for False, not zeros: in the blank they are bytes,
+            # so that a sparse zcatalog of 100 MB is holes, not 100 MB of 'F'.
+            dtype = np.asarray(hdu.data).dtype
+            logical = {c.name for c in hdu.columns if str(c.format).endswith("L")}
+            fields = [(n, "u1" if n in logical else dtype[n]) for n in dtype.names]
+            zeros = np.zeros(len(hdu.data), dtype=fields)
             blank = fits.BinTableHDU(data=zeros, header=hdu.header.copy())
             _copy_units(list(hdu.columns), blank)
             hdu = blank
@@ -563,13 +568,17 @@ class Template:
 
 
 def _template_of(data: bytes) -> Template:
-    blocks = []
+    runs: list[tuple[int, bytes]] = []  # consecutive non-zero blocks, one write each
     zero = bytes(FITS_BLOCK)
-    for offset in range(0, len(data), FITS_BLOCK):
+    start = None
+    for offset in range(0, len(data) + FITS_BLOCK, FITS_BLOCK):
         block = data[offset : offset + FITS_BLOCK]
-        if block != zero[: len(block)]:
-            blocks.append((offset, block))
-    return Template(len(data), tuple(blocks), hashlib.sha256(data).hexdigest())
+        if block and block != zero[: len(block)]:
+            start = offset if start is None else start
+        elif start is not None:
+            runs.append((start, data[start:offset]))
+            start = None
+    return Template(len(data), tuple(runs), hashlib.sha256(data).hexdigest())
 
 
 def _image_fits_size(nbytes: int) -> int:
