@@ -1,6 +1,7 @@
 # desimirror: the seed's interface (find.json, batch.json, upload) plus demo, test, bench.
 #
 #   make demo                      # synthetic release -> embedded S3 -> crawl/plan/upload/verify
+#   make demo-serve                # the same, and the bucket stays up for `desimirror jupyter`
 #   make test                      # lint + the test suite (what CI runs)
 #   make upload DESI_RELEASE=dr1   # the real thing, at NERSC; run again until done
 #
@@ -31,7 +32,7 @@ VENV ?= $(here)/.venv
 PYTHON ?= python3
 DM := $(VENV)/bin/desimirror
 
-.PHONY: all demo test lint bench upload status verify clean-demo
+.PHONY: all demo demo-serve test lint bench upload status verify clean-demo
 
 # The web view's chart library (Apache ECharts), from npm at build time, never committed.
 ECHARTS := $(here)/src/desimirror/view/static/echarts.min.js
@@ -72,6 +73,10 @@ status: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(DM) demo --dir demo
+
+# The same, then the S3 server stays up (Ctrl-C stops it) for the printed `desimirror jupyter`.
+demo-serve: $(VENV)/.installed
+	$(DM) demo --dir demo --serve
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench

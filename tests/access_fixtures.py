@@ -6,6 +6,8 @@
 - ``release_bucket``: a small DESI-shaped release in that server, written once: real FITS
   files made with astropy (a healpix coadd with B/R/Z spectra, a raw exposure, a target
   catalogue) and one 300 MB FITS file (a real primary header over a data unit of zeros).
+- ``synth_bucket``: ``desimirror synth``'s release (valid FITS) in the mirror layout, in
+  a bucket of that server, for the welcome notebook and the compressed-file reads.
 - ``proxy``: a byte-counting TCP relay in front of the server, so tests assert how many
   bytes the *server* sent, not what a client reports.
 - ``access_env``: state and cache directories in the test's tmp dir, as environment
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -36,8 +39,10 @@ from access_helpers import (
 from desimirror.access.mount import find_mount, unmount
 from desimirror.dev.relay import CountingProxy
 from desimirror.dev.s3server import SeaweedServer
-from desimirror.dev.synth import write_large_fits
+from desimirror.dev.synth import synthesize, write_large_fits
 from helpers import S3Endpoint
+
+SYNTH_BUCKET = "desidata-synth"
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +73,26 @@ def release_bucket(
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         client.upload_file(str(path), "desidata-test", path.relative_to(local).as_posix())
     return ReleaseBucket("desidata-test", local, "edr/big.fits", public_s3)
+
+
+@pytest.fixture(scope="session")
+def synth_bucket(public_s3: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> ReleaseBucket:
+    """``desimirror synth`` (valid DESI-shaped FITS) in the mirror layout, as ``make demo``
+    uploads it: ``edr/``, with ``raw_spectro_data/`` and ``target/`` moved beside it."""
+    local = tmp_path_factory.mktemp("synth-release")
+    synthesize(local / "edr", 0.05, seed=3)
+    (local / "edr/spectro/data").rename(local / "raw_spectro_data")
+    (local / "edr/target").rename(local / "target")
+    client = public_s3.client()
+    client.create_bucket(Bucket=SYNTH_BUCKET)
+    files = sorted(p for p in local.rglob("*") if p.is_file() and not p.is_symlink())
+    with ThreadPoolExecutor(8) as pool:
+        for done in pool.map(
+            lambda p: client.upload_file(str(p), SYNTH_BUCKET, p.relative_to(local).as_posix()),
+            files,
+        ):
+            del done
+    return ReleaseBucket(SYNTH_BUCKET, local, "", public_s3)
 
 
 @pytest.fixture

@@ -154,3 +154,47 @@ def test_a_local_copy_needs_no_s3(release_bucket: ReleaseBucket, tmp_path: Path)
         assert fits.getheader(f, "FIBERMAP")["NAXIS2"] == 8
     with pytest.raises(UsageError):
         data.local_path("spectro/nothing.fits", config=cfg)
+
+
+COMPRESSED = (
+    "$DESI_SPECTRO_DATA/{raw}",  # .fits.fz: tile-compressed raw frame
+    "$DESI_SPECTRO_DATA/{fiberassign}",  # .fits.gz: a gzipped table
+)
+
+
+def _compressed_paths(synth: ReleaseBucket) -> list[str]:
+    raw = synth.local / "raw_spectro_data"
+    fz = next(raw.glob("*/*/desi-*.fits.fz")).relative_to(raw).as_posix()
+    gz = next(raw.glob("*/*/fiberassign-*.fits.gz")).relative_to(raw).as_posix()
+    return [p.format(raw=fz, fiberassign=gz) for p in COMPRESSED]
+
+
+def test_compressed_files_open_on_a_cold_cache_with_astropy_and_fitsio(
+    synth_bucket: ReleaseBucket, proxy: CountingProxy, tmp_path: Path
+) -> None:
+    fitsio = pytest.importorskip("fitsio")
+    for path in _compressed_paths(synth_bucket):
+        cfg = _config(synth_bucket, proxy.url, tmp_path / path[-8:].replace(".", "-"))
+        with data.open(path, config=cfg) as f, fits.open(f, checksum=True) as hdul:
+            names = [h.name for h in hdul]
+            first = hdul[1].data
+        expected = ["PRIMARY", "SPEC", "B0"] if path.endswith(".fz") else ["PRIMARY", "FIBERASSIGN"]
+        assert names[: len(expected)] == expected, path
+        again = fitsio.read(data.local_path(path, config=cfg), ext=1)
+        assert len(again) == len(first), path
+
+
+def test_any_release_the_bucket_holds_is_accepted(
+    synth_bucket: ReleaseBucket, proxy: CountingProxy, tmp_path: Path
+) -> None:
+    client = synth_bucket.s3.client()
+    client.put_object(Bucket=synth_bucket.bucket, Key="dr7x/README.txt", Body=b"a release\n")
+    cfg = _config(synth_bucket, proxy.url, tmp_path, DESIMIRROR_RELEASE="DR7X")
+    assert data.ls(config=cfg) == ["README.txt"]
+    with data.open("README.txt", config=cfg) as f:
+        assert f.read() == b"a release\n"
+    bad = _config(synth_bucket, proxy.url, tmp_path, DESIMIRROR_RELEASE="nothere")
+    with pytest.raises(UsageError, match="unknown release"):
+        data.ls(config=bad)
+    with pytest.raises(UsageError, match="no such file"):
+        data.open("spectro/nothing.fits", config=_config(synth_bucket, proxy.url, tmp_path))

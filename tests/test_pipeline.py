@@ -379,6 +379,54 @@ def test_demo_from_a_relative_dir_mirrors_and_proves_and_stops_its_server(tmp_pa
         p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd_is(p, run_dir / "s3")
     ]
     assert pid_holders == [], "the demo's server is still running"
+    # It ends by saying how to look at the result.
+    look = [line for line in proc.stdout.splitlines() if line.strip()][-2:]
+    assert look[0].split() == [
+        "look", "on", "disk:", "desimirror", "jupyter", "--release", "edr", "--local",
+        str(Path("demo") / run_dir.name),
+    ]  # fmt: skip
+    assert "desimirror demo --serve" in look[1]
+
+
+def test_demo_serve_keeps_a_readable_bucket_for_jupyter_until_sigterm(tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    log = tmp_path / "demo.log"
+    with open(log, "w") as err:
+        demo = subprocess.Popen(
+            [DESIMIRROR, "demo", "--dir", str(tmp_path / "d"), "--scale", "0.05", "--serve"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for _ in range(40):  # the summary, then the command to look at it
+            lines.append(demo.stdout.readline())
+            if lines[-1].startswith("look") or not lines[-1]:
+                break
+        match = re.search(r"desimirror jupyter .*--endpoint-url (\S+) --no-sign-request", lines[-1])
+        assert match, "".join(lines) + log.read_text()
+        assert "--bucket s3://desidata" in lines[-1]
+        client = boto3.client(
+            "s3", endpoint_url=match.group(1), config=Config(signature_version=UNSIGNED)
+        )
+        listed = client.list_objects_v2(Bucket="desidata", Prefix="edr/spectro/redux/fuji/")
+        assert listed["KeyCount"] > 0  # readable without keys, as the printed command needs
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=60) == 0
+    (run_dir,) = (tmp_path / "d").iterdir()
+    assert not any(
+        _cwd_is(p, run_dir / "s3") for p in Path("/proc").iterdir() if p.name.isdigit()
+    ), "the demo's server is still running"
 
 
 def _cwd_is(proc_dir: Path, path: Path) -> bool:

@@ -19,6 +19,7 @@ from desimirror.errors import UsageError
 from helpers import assert_clean_error, run_cli
 
 SMALL = 0.05
+FITS = (".fits", ".fits.gz", ".fits.fz")
 CHECKSUM_LINE = re.compile(r"^([0-9a-f]{64})  (.+)$")
 
 
@@ -72,6 +73,7 @@ def test_layout_is_desi_like(small: Path) -> None:
         "spectro/redux/fuji/tiles/cumulative/*/2020????/coadd-0-*-thru2020????.fits",
         "spectro/redux/fuji/healpix/*/*/*/*/coadd-*-*-*.fits",
         "spectro/redux/fuji/calibnight/2020????/psfnight-b0-2020????.fits",
+        "spectro/redux/fuji/exposure_tables/2020??/exposure_table_2020????.csv",
         "spectro/redux/fuji/calibnight/2020????/redux_fuji_calibnight_2020????.sha256sum",
         "target/fiberassign/tiles/trunk/001/fiberassign-001???.fits.gz",
         "target/catalogs/dr9/*/targets/main/resolve/*/targets-*-hp-*.fits",
@@ -142,11 +144,16 @@ def test_scale_one_has_a_directory_of_thousands() -> None:
     assert widest >= 2000
 
 
+@pytest.fixture(scope="module")
+def sparse_small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("synth-sparse") / "edr"
+    return root, synthesize(root, SMALL, seed=3, sparse=True)
+
+
 def test_sparse_has_the_same_names_sizes_and_mtimes_but_no_data(
-    small: Path, tmp_path: Path
+    small: Path, sparse_small: tuple[Path, object]
 ) -> None:
-    root = tmp_path / "sparse"
-    summary = synthesize(root, SMALL, seed=3, sparse=True)
+    root, summary = sparse_small
     dense = listing(small)
     sparse = listing(root)
     assert set(sparse) == set(dense)
@@ -156,11 +163,15 @@ def test_sparse_has_the_same_names_sizes_and_mtimes_but_no_data(
             assert entry == dense[rel]
             continue
         assert entry[1:3] == dense[rel][1:3], rel  # size and mtime
-        if not rel.endswith(".sha256sum"):
+        blocks = (root / rel).stat().st_blocks * 512
+        if not rel.endswith((".sha256sum", *FITS)) and "/exposure_tables/" not in rel:
             assert entry[3] == hashlib.sha256(bytes(entry[1])).hexdigest(), rel
-            allocated += (root / rel).stat().st_blocks * 512
+            assert blocks == 0 or entry[1] == 1, rel  # holes (a 1-byte file takes a block)
+        allocated += blocks
     assert summary.bytes > 5_000_000
-    assert allocated < summary.bytes / 50
+    # FITS headers (a block each HDU), logical columns ('F'), compressed raw frames, and
+    # the small exposure tables, which are text
+    assert allocated < summary.bytes / 2
     test_every_checksum_file_lists_its_directory_correctly(root)
 
 
@@ -233,3 +244,130 @@ def test_cli_writes_an_empty_directory_and_reports_json(tmp_path: Path) -> None:
 
     text = run_cli("synth", str(tmp_path / "plain"), "--scale", "0.02", "--sparse", check=True)
     assert re.search(r"[\d,]+ sparse files, [\d,]+ dirs, .* 5 symlinks", text.stdout)
+
+
+#: The products a newcomer reads first: file pattern -> {HDU name: columns it must have}.
+PRODUCTS = {
+    "spectro/redux/fuji/healpix/*/*/*/*/coadd-*.fits": {
+        "FIBERMAP": ("TARGETID", "TARGET_RA", "TARGET_DEC", "DESI_TARGET", "FLUX_R"),
+        "EXP_FIBERMAP": ("TARGETID", "NIGHT", "EXPID", "TILEID"),
+        **{f"{arm}_{kind}": () for arm in "BRZ" for kind in ("WAVELENGTH", "FLUX", "IVAR")},
+        **{f"{arm}_{kind}": () for arm in "BRZ" for kind in ("MASK", "RESOLUTION")},
+        "SCORES": ("TARGETID", "MEDIAN_COADD_SNR_B", "TSNR2_LRG"),
+    },
+    "spectro/redux/fuji/tiles/cumulative/*/*/coadd-*.fits": {
+        "FIBERMAP": ("TARGETID",),
+        "B_FLUX": (),
+        "Z_RESOLUTION": (),
+        "SCORES": ("TARGETID",),
+    },
+    "spectro/redux/fuji/*/*/*/*/*/redrock-*.fits": {
+        "REDSHIFTS": ("TARGETID", "Z", "ZERR", "ZWARN", "SPECTYPE", "DELTACHI2", "COEFF"),
+        "FIBERMAP": ("TARGETID", "TARGET_RA"),
+        "TSNR2": ("TARGETID",),
+    },
+    "spectro/redux/fuji/zcatalog/zpix-*.fits": {
+        "ZCATALOG": ("TARGETID", "HEALPIX", "Z", "ZWARN", "SPECTYPE", "ZCAT_PRIMARY"),
+    },
+    "spectro/redux/fuji/exposures-fuji.fits": {
+        "EXPOSURES": ("NIGHT", "EXPID", "TILEID", "EXPTIME", "EFFTIME_SPEC"),
+        "FRAMES": ("NIGHT", "EXPID", "CAMERA"),
+    },
+    "spectro/redux/fuji/tiles-fuji.fits": {
+        "TILE_COMPLETENESS": ("TILEID", "SURVEY", "PROGRAM", "LASTNIGHT"),
+    },
+    "target/catalogs/dr9/*/targets/main/resolve/*/targets-*.fits": {
+        "TARGETS": ("TARGETID", "RA", "DEC", "DESI_TARGET", "FLUX_G"),
+    },
+    "target/fiberassign/tiles/trunk/*/fiberassign-*.fits.gz": {
+        "FIBERASSIGN": ("TARGETID", "PETAL_LOC", "FIBER", "TARGET_RA"),
+    },
+    "spectro/data/*/*/fiberassign-*.fits.gz": {"FIBERASSIGN": ("TARGETID", "LOCATION")},
+    "spectro/data/*/*/desi-*.fits.fz": {"SPEC": (), "B0": ()},
+}
+
+
+def _fits_files(root: Path) -> list[Path]:
+    """Every FITS file synth wrote; the zero-byte one is the empty-file case, on purpose."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.name.endswith(FITS) and p.is_file() and not p.is_symlink() and p.stat().st_size
+    )
+
+
+def _open_everywhere(path: Path, tmp_path: Path) -> list[str]:
+    """Open with astropy (checksums verified, every HDU's data read) and with fitsio."""
+    import warnings
+
+    import fitsio
+    from astropy.io import fits
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checksum mismatch is only a warning in astropy
+        with fits.open(path, checksum=True) as hdul:
+            for hdu in hdul:
+                _ = hdu.data
+            names = [hdu.name for hdu in hdul]
+    # cfitsio parses "[...]" in a file name as a filter: open odd names through a plain link
+    plain = tmp_path / ("plain" + "".join(path.suffixes[-2:]))
+    plain.unlink(missing_ok=True)
+    plain.symlink_to(path)
+    with fitsio.FITS(str(plain)) as f:
+        assert [hdu.get_extname() or "PRIMARY" for hdu in f] == names, path
+        for hdu in f[1:]:
+            hdu.read()
+    return names
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_every_fits_file_is_valid_and_shaped_like_the_data_model(
+    kind: str, small: Path, sparse_small: tuple[Path, object], tmp_path: Path
+) -> None:
+    from astropy.io import fits
+
+    root = small if kind == "dense" else sparse_small[0]
+    files = _fits_files(root)
+    assert len(files) > 150
+    for path in files:
+        _open_everywhere(path, tmp_path)
+    for pattern, hdus in PRODUCTS.items():
+        matches = sorted(root.glob(pattern))
+        assert matches, pattern
+        for path in matches:
+            with fits.open(path) as hdul:
+                for name, columns in hdus.items():
+                    assert name in hdul, (path, name)
+                    if columns:
+                        assert set(columns) <= set(hdul[name].columns.names), (path, name)
+
+
+def test_spectra_redshifts_and_the_zcatalog_agree(small: Path) -> None:
+    """A coadd and its redrock file describe the same targets, which the zcatalog lists, and
+    each spectrum's emission lines sit where its redshift puts them."""
+    import numpy as np
+    from astropy.io import fits
+
+    from desimirror.dev.synth.sky import GALAXY_LINES, QSO_LINES
+
+    checked = 0
+    with fits.open(small / "spectro/redux/fuji/zcatalog/zpix-sv3-dark.fits") as zpix:
+        listed = set(zpix["ZCATALOG"].data["TARGETID"])
+    for coadd in small.glob("spectro/redux/fuji/healpix/sv3/dark/*/*/coadd-*.fits"):
+        with fits.open(coadd) as c, fits.open(str(coadd).replace("coadd-", "redrock-")) as r:
+            ids = c["FIBERMAP"].data["TARGETID"]
+            assert list(r["REDSHIFTS"].data["TARGETID"]) == list(ids)
+            assert set(ids) <= listed
+            assert c[0].header["HPXPIXEL"] == int(coadd.parent.name)
+            z, types = r["REDSHIFTS"].data["Z"], r["REDSHIFTS"].data["SPECTYPE"]
+            wave = np.concatenate([c[f"{arm}_WAVELENGTH"].data for arm in "BRZ"])
+            flux = np.concatenate([c[f"{arm}_FLUX"].data for arm in "BRZ"], axis=1)
+        for i, spectype in enumerate(types):
+            lines = {"GALAXY": GALAXY_LINES, "QSO": QSO_LINES}.get(spectype.strip(), ())
+            strongest = max(lines, key=lambda line: line[1], default=None)
+            if strongest is None or not wave[0] < strongest[0] * (1 + z[i]) < wave[-1]:
+                continue
+            near = np.abs(wave - strongest[0] * (1 + z[i])) < 4 * (1 + z[i])
+            assert flux[i][near].max() > np.median(flux[i]) + 2, (coadd.name, i, z[i])
+            checked += 1
+    assert checked >= 3

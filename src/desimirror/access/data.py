@@ -35,6 +35,7 @@ a test that changes the bucket under a live instance must call
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import posixpath
@@ -48,7 +49,7 @@ from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from desimirror.access.config import AccessConfig, load_config
-from desimirror.access.env import data_model_env, detect_layout, normalize_release
+from desimirror.access.env import SHARED_DIRS, data_model_env, detect_layout, normalize_release
 from desimirror.errors import UsageError
 
 DEFAULT_BLOCK_SIZE = 2**20  # a FITS header read costs one block; sequential reads merge blocks
@@ -67,7 +68,25 @@ def _config(config: AccessConfig | None) -> AccessConfig:
 
 
 def _release(release: str | None, config: AccessConfig) -> str:
-    return normalize_release(release or config.release, config.local)
+    """The release's directory: a known one, or any the local copy or the bucket holds."""
+    name = release or config.release
+    try:
+        return normalize_release(name, config.local)
+    except UsageError:
+        if config.local is not None or name.strip().lower() not in _bucket_releases(config):
+            raise
+        return name.strip().lower()
+
+
+def _bucket_releases(config: AccessConfig) -> list[str]:
+    """The release directories at the top of the bucket (one listing, cached by fsspec)."""
+    fs, root = _s3(config, DEFAULT_BLOCK_SIZE)
+    try:
+        entries = fs.ls(root, detail=True)
+    except (FileNotFoundError, PermissionError, OSError):
+        return []
+    names = (posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "directory")
+    return [n for n in names if n not in SHARED_DIRS]
 
 
 def resolve(path: str, *, release: str | None = None, config: AccessConfig | None = None) -> str:
@@ -162,13 +181,24 @@ def open(  # shadows the builtin on purpose: callers write data.open(...)
     config: AccessConfig | None = None,
     **kwargs: Any,
 ) -> IO:
-    """Open a file of the release for reading; only the blocks read are fetched."""
+    """Open a file of the release for reading; only the blocks read are fetched.
+
+    A gzipped file (``.gz``) is read whole by every reader (gzip has no random access), so
+    it is fetched whole, as :func:`local_path` does, and opened from that copy: astropy
+    then reads it on the first open as fitsio reads the local path (reading it through the
+    block cache would hand astropy a sparse cache file that is not filled yet). A missing
+    file is the same one-line error as from :func:`local_path`.
+    """
     if any(c in mode for c in "wax+"):
         raise UsageError("the mirror is read-only; open files with mode 'rb' or 'r'")
     cfg = _config(config)
-    return _mirror(cfg, "block", DEFAULT_BLOCK_SIZE).open(
-        resolve(path, release=release, config=cfg), mode, **kwargs
-    )
+    key = resolve(path, release=release, config=cfg)
+    if key.endswith(".gz") and cfg.local is None:
+        return builtins.open(local_path(path, release=release, config=cfg), mode, **kwargs)
+    try:
+        return _mirror(cfg, "block", DEFAULT_BLOCK_SIZE).open(key, mode, **kwargs)
+    except FileNotFoundError:
+        raise UsageError(f"{path!r}: no such file in {cfg.local or cfg.bucket}") from None
 
 
 def ls(

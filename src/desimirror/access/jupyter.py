@@ -11,9 +11,9 @@ This is the container's entry point, and works the same on a laptop or an EC2 in
    token (random unless given), its URL printed with ``--public-ip`` in place of the
    address when one is given, as the original image did for EC2.
 
-With nothing to clean up (local data) the launcher replaces itself with JupyterLab (exec).
-With a mount it stays as the parent, passes SIGTERM/SIGHUP on to JupyterLab, and unmounts
-when JupyterLab exits, however it exits.
+The launcher stays as JupyterLab's parent: it prints the URL again once JupyterLab answers
+(after its start-up log, so the URL is the last thing on the screen), passes SIGTERM/SIGHUP
+on to JupyterLab, and, with a mount, unmounts when JupyterLab exits, however it exits.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -51,6 +55,7 @@ WELCOME = "welcome.ipynb"
 #: about the data, on every fresh container. Disabled as `jupyter labextension disable`
 #: would, but in a config directory of the launcher's own, leaving the user's alone.
 NEWS_PLUGIN = "@jupyterlab/apputils-extension:announcements"
+READY_TIMEOUT = 120.0  # seconds to wait for JupyterLab to answer before saying the URL again
 
 
 @dataclass
@@ -223,7 +228,7 @@ def _releases_in(data: Path) -> str:
 
 
 def run(opts: JupyterOptions, *, environ: Mapping[str, str] | None = None) -> int:
-    """Set up and run JupyterLab; returns its exit status (or never returns, on exec)."""
+    """Set up and run JupyterLab; returns its exit status."""
     if opts.no_token and opts.ip not in ("127.0.0.1", "::1"):
         raise UsageError("--no-token is only allowed with --ip 127.0.0.1: anyone could connect")
     _check_ip(opts.ip, "--ip")
@@ -260,19 +265,54 @@ def run(opts: JupyterOptions, *, environ: Mapping[str, str] | None = None) -> in
         env = without_news(env, opts.state_dir)
         argv = jupyter_argv(opts)
         _say(f"starting JupyterLab on {opts.ip}:{opts.port}; open this URL:")
-        print(server_url(opts, token), flush=True)
+        url = server_url(opts, token)
+        print(url, flush=True)
         if mounted is None:
-            os.execve(argv[0], argv, env)  # nothing to clean up: become JupyterLab
-        return _supervise(argv, env, lambda: stop(mounted, state_dir=opts.state_dir))
+            return _supervise(argv, env, lambda: None, _ready_probe(opts, url))
+        cleanup = lambda: stop(mounted, state_dir=opts.state_dir)  # noqa: E731
+        return _supervise(argv, env, cleanup, _ready_probe(opts, url), "data unmounted")
     except BaseException:
         if mounted is not None:
             stop(mounted, state_dir=opts.state_dir)
         raise
 
 
-def _supervise(argv: list[str], env: dict[str, str], cleanup: Callable[[], None]) -> int:
+def _ready_probe(opts: JupyterOptions, url: str) -> Callable[[subprocess.Popen], None]:
+    """Print the URL again once JupyterLab answers: its start-up log is a screenful that
+    pushes the first one out of sight, and the URL is what the user needs."""
+    host = "127.0.0.1" if opts.ip in ("0.0.0.0", "::") else opts.ip
+    status = f"http://{f'[{host}]' if ':' in host else host}:{opts.port}/api/status"
+
+    def probe(child: subprocess.Popen) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while child.poll() is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(status, timeout=2).close()
+            except urllib.error.HTTPError:
+                pass  # 403 without the token: it is up
+            except OSError:
+                time.sleep(0.3)
+                continue
+            time.sleep(0.5)  # let its own lines about the URLs come out first
+            if child.poll() is None:
+                _say("JupyterLab is ready; open this URL:")
+                print(url, flush=True)
+            return
+
+    return probe
+
+
+def _supervise(
+    argv: list[str],
+    env: dict[str, str],
+    cleanup: Callable[[], None],
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+    cleaned: str = "",
+) -> int:
     """Run JupyterLab as a child; forward termination signals; always clean up after."""
     child = subprocess.Popen(argv, env=env)
+    if on_start is not None:
+        threading.Thread(target=on_start, args=(child,), daemon=True).start()
 
     def forward(signum: int, _frame: object) -> None:
         if child.poll() is None:
@@ -293,7 +333,7 @@ def _supervise(argv: list[str], env: dict[str, str], cleanup: Callable[[], None]
         if child.poll() is None:
             processes.stop(child, grace=10)
         cleanup()
-        _say("stopped; data unmounted")
+        _say(f"stopped{'; ' + cleaned if cleaned else ''}")
 
 
 def find_jupyter() -> bool:

@@ -59,14 +59,22 @@ def _run(args: list[str], env: dict[str, str]) -> dict:
     show_default=True,
     help="The transfer backend the demo's upload uses (see 'desimirror upload --help').",
 )
-def command(workdir: Path, scale: float, backend: str) -> None:
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the S3 server running afterwards (until Ctrl-C), for 'desimirror jupyter' "
+    "on the demo's bucket; the command to run is printed.",
+)
+def command(workdir: Path, scale: float, backend: str, serve: bool) -> None:
     """Synthesise a DESI-like release, start an embedded S3 server, then crawl, plan,
-    upload and verify it, and print a summary. Everything started is stopped."""
+    upload and verify it, and print a summary and how to look at the result in
+    JupyterLab. Everything started is stopped (with --serve, at Ctrl-C)."""
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(workdir / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     release, db = run_dir / "edr", run_dir / "mirror.db"
     started = time.monotonic()
-    with SeaweedServer(run_dir / "s3") as server:
+    # Readable without keys, as DESI's bucket is: `desimirror jupyter --no-sign-request`.
+    with SeaweedServer(run_dir / "s3", anonymous_read=True) as server:
         env = {**os.environ, **server.env()}
         import boto3
 
@@ -94,6 +102,58 @@ def command(workdir: Path, scale: float, backend: str) -> None:
         sent = _run(["upload", *common, *remap, "--backend", backend], env)
         again = _run(["upload", *common, *remap, "--backend", backend], env)
         checked = _run(["verify", *common, "--checksum"], env)
+        look = _look_command(server.endpoint_url, run_dir)
+        if serve:
+            _report(release, synth, crawl, plan, sent, again, checked, backend, started, run_dir)
+            _serve(look)
+            return
+    _report(release, synth, crawl, plan, sent, again, checked, backend, started, run_dir)
+    click.echo(
+        f"look      on disk: desimirror jupyter --release edr --local {shlex.quote(str(run_dir))}"
+        "\n          in the bucket: desimirror demo --serve (keeps the server up and prints "
+        "the 'desimirror jupyter --bucket ... --endpoint-url ...' line)"
+    )
+
+
+def _look_command(endpoint_url: str, run_dir: Path) -> str:
+    """The command that opens JupyterLab on the demo's bucket, streamed through a mount."""
+    data = shlex.quote(str(run_dir.absolute() / "desidata"))
+    return (
+        f"desimirror jupyter --release edr --bucket s3://{BUCKET} --endpoint-url {endpoint_url}"
+        f" --no-sign-request --data {data}"
+    )
+
+
+def _serve(look: str) -> None:
+    """Keep the server up until Ctrl-C or SIGTERM, with the command to use it on screen."""
+    import signal
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    click.echo(f"look      {look}\n          (the S3 server runs until Ctrl-C)", err=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("demo: server stopped", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report(
+    release: Path,
+    synth: dict,
+    crawl: dict,
+    plan: dict,
+    sent: dict,
+    again: dict,
+    checked: dict,
+    backend: str,
+    started: float,
+    run_dir: Path,
+) -> None:
     click.echo(
         "\n".join(
             [
@@ -107,7 +167,7 @@ def command(workdir: Path, scale: float, backend: str) -> None:
                 f"resume    second run sent {again['files_sent']} files in {again['seconds']:.1f}s",
                 f"verify    {checked['matched']} of {checked['expected_files']} objects match, "
                 f"content proven for {checked['content_ok']}; complete: {checked['complete']}",
-                f"total     {time.monotonic() - started:.1f}s; server stopped, data in {run_dir}",
+                f"total     {time.monotonic() - started:.1f}s; data in {run_dir}",
             ]
         )
     )

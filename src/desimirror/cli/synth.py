@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from desimirror.cli.common import finish, json_option
-from desimirror.dev.synth import synthesize
 from desimirror.errors import DesimirrorError
 from desimirror.progress import for_terminal
 from desimirror.units import format_size
@@ -33,7 +32,8 @@ class Interrupted(DesimirrorError):
     "--sparse",
     is_flag=True,
     help="Create files at their sizes but without data (holes), for trees of millions of "
-    "entries; checksums then list the hashes of those zeros.",
+    "entries: FITS files keep their headers (still valid FITS); checksums list what is "
+    "written.",
 )
 @click.option(
     "--seed",
@@ -48,8 +48,11 @@ def command(directory: Path, scale: float, sparse: bool, seed: int, json_output:
 
     It has raw exposures, a specprod (calibnight, exposures, tiles, healpix, zcatalog),
     target, survey and vac trees, a *.sha256sum file per directory, and the awkward cases
-    real trees hold: odd names, empty directories and symlinks of every kind.
+    real trees hold: odd names, empty directories and symlinks of every kind. Every FITS
+    file is valid, the main products shaped like the DESI data model (needs astropy).
     """
+    from desimirror.dev.synth import synthesize  # numpy and astropy: only for this command
+
     try:
         summary = synthesize(
             directory, scale, sparse=sparse, seed=seed, progress=for_terminal(json_output)
