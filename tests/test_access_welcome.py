@@ -91,8 +91,27 @@ def test_welcome_runs_through_a_mount(
         model = data_model_env("edr", tmp_path / "desidata")
         env = _kernel_env(access_env, model, **_s3_settings(synth_bucket, tmp_path))
         _check(_run_welcome(env, tmp_path))
+        _read_as_astronomers_do(tmp_path / "desidata" / "edr", synth_bucket.local / "edr")
     finally:
         stop(mounted, state_dir=tmp_path / "state")
+
+
+def _read_as_astronomers_do(mounted: Path, local: Path) -> None:
+    """pandas, fitsio and astropy read the mounted files as they read the local ones."""
+    import fitsio
+    import numpy as np
+    import pandas as pd
+    from astropy.table import Table
+
+    redux = "spectro/redux/fuji"
+    tiles = f"{redux}/tiles-fuji.csv"
+    assert pd.read_csv(mounted / tiles).equals(pd.read_csv(local / tiles))
+    zcat = f"{redux}/zcatalog/zpix-sv3-dark.fits"
+    through_mount = fitsio.read(str(mounted / zcat), ext="ZCATALOG")
+    assert np.array_equal(through_mount, fitsio.read(str(local / zcat), ext="ZCATALOG"))
+    table = Table.read(mounted / zcat, hdu="ZCATALOG")
+    assert len(table) == len(through_mount) > 0
+    assert "Z" in table.colnames
 
 
 def test_welcome_runs_without_fuse_through_desimirror_data(

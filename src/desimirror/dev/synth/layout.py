@@ -298,7 +298,6 @@ def _redux_top(shape: _Shape, seed: int) -> Iterator[DirSpec]:
     """The specprod's own summary tables, next to its subdirectories."""
     path = REDUX
     rng = _rng(seed, path)
-    s = shape.scale
     science = tuple(
         (int(night.date), expid, _exposure_tile(seed, expid))
         for night in shape.nights
@@ -307,9 +306,9 @@ def _redux_top(shape: _Shape, seed: int) -> Iterator[DirSpec]:
     ) or ((int(shape.nights[0].date), shape.nights[0].exposures[0][0], FIRST_TILEID),)
     tiles = tuple((tileid, int(night.date)) for tileid, night in _tile_nights(shape, seed))
     files = [
-        ("exposures-fuji.csv", _size(rng, 20_000 * s + 200, 60_000 * s + 400)),
+        ("exposures-fuji.csv", Product("exposures_csv", len(science), members=science)),
         ("exposures-fuji.fits", Product("exposures", len(science), members=science)),
-        ("tiles-fuji.csv", _size(rng, 5_000 * s + 200, 15_000 * s + 400)),
+        ("tiles-fuji.csv", Product("tiles_csv", len(tiles), members=tiles)),
         ("tiles-fuji.fits", Product("tiles", len(tiles), members=tiles)),
     ]
     yield _directory(path, files, rng, shape.release - 30 * DAY, 20 * DAY)
