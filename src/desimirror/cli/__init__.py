@@ -23,6 +23,7 @@ from desimirror.cli import (
     crawl,
     demo,
     env,
+    estimate,
     jupyter,
     manifest,
     mount,
@@ -45,7 +46,20 @@ def cli() -> None:
     """
 
 
-for module in (synth, crawl, plan, upload, verify, status, manifest, demo, mount, env, jupyter):
+for module in (
+    synth,
+    crawl,
+    plan,
+    estimate,
+    upload,
+    verify,
+    status,
+    manifest,
+    demo,
+    mount,
+    env,
+    jupyter,
+):
     cli.add_command(module.command)
 cli.add_command(mount.unmount_command)
 
