@@ -12,8 +12,9 @@ at configurable rates, misbehaves the ways a real network and a busy store do:
 ``echo_auth`` answer 500 with the request's Authorization header in the error message
               (a store that leaks what it was sent: the client must not print it)
 
-It counts what it saw: every request (method, key, query: ``requests``), PUTs per object key (PutObject and UploadPart), PUTs that reached
-the store, faults by kind, and requests in flight at each arrival, so tests can assert
+It counts what it saw: every request (method, key, query: ``requests``), PUTs per object
+key (PutObject and UploadPart), PUTs that reached the store, faults by kind, and requests
+in flight at each arrival, so tests can assert
 "nothing confirmed was sent again" and "concurrency went down", never wall-clock times.
 ``on_put(key)`` runs after a PUT's body has arrived and before it is forwarded.
 """

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from faultproxy import FaultProxy
 from helpers import assert_clean_error, run_cli
 from integrity_helpers import make_release, prepare, upload
@@ -94,14 +95,19 @@ def test_dry_run_sends_nothing_and_counts_what_would_be_sent_adopted_and_skipped
 
     assert _listing(s3, bucket) == before
     assert offline["files_to_send"] == pending
-    assert offline["files_skipped"] == done_files and offline["bytes_skipped"] == done_bytes
-    assert offline["files_to_adopt"] == 0 and not offline["bucket_checked"]
-    assert checked["files_to_adopt"] == 1 and checked["bytes_to_adopt"] == one.stat().st_size
+    assert offline["files_skipped"] == done_files
+    assert offline["bytes_skipped"] == done_bytes
+    assert offline["files_to_adopt"] == 0
+    assert not offline["bucket_checked"]
+    assert checked["files_to_adopt"] == 1
+    assert checked["bytes_to_adopt"] == one.stat().st_size
     assert checked["files_to_send"] == pending - 1
-    assert checked["files_multipart"] == 1 and checked["parts_to_send"] == 3
+    assert checked["files_multipart"] == 1
+    assert checked["parts_to_send"] == 3
     assert checked["lookup_requests"] == len(proxy.requests) - 1  # and the bucket check
     after = json.loads(run_cli("status", "--db", str(db), "--json", check=True).stdout)
-    assert after["pending_files"] == pending and after["upload_runs"] == status["upload_runs"]
+    assert after["pending_files"] == pending
+    assert after["upload_runs"] == status["upload_runs"]
 
 
 def test_estimate_counts_the_requests_a_real_upload_makes(

@@ -35,7 +35,13 @@ from desimirror.units import MiB, format_size
     show_default=True,
     help="Milliseconds one request takes, for the request-bound time.",
 )
-@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="s5cmd", show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(sorted(BACKENDS)),
+    default="s5cmd",
+    show_default=True,
+    help="The upload's --backend: s5cmd also lists each chunk's objects back for their ETags.",
+)
 @click.option(
     "--part-size",
     type=SIZE,
