@@ -78,6 +78,7 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/access_bench.py
 	$(VENV)/bin/python bench/crawl_bench.py
+	$(VENV)/bin/python bench/scale_bench.py
 
 clean-demo:
 	rm -rf demo

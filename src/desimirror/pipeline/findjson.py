@@ -629,7 +629,7 @@ def _checked_path(node: Node, parent: _Frame, error: Callable[[str, str], None])
         raise UsageError(f"not a find.json tree: {parent.path!r} has children but is a file")
     _check_name(name, parent.path)
     try:
-        name.encode("utf-8")
+        name.isascii() or name.encode("utf-8")  # most names are ASCII: no copy made
     except UnicodeEncodeError:
         shown = name.encode("utf-8", "backslashreplace").decode("ascii")
         error(f"{parent.path}/{shown}".lstrip("/"), f"name is not valid UTF-8: {name!r}")

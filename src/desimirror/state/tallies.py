@@ -91,9 +91,12 @@ def scan(conn: sqlite3.Connection, scope: str) -> dict[str, int]:
         f"SELECT count(*), coalesce(sum(size), 0) FROM entries e WHERE {UPLOADABLE}" + _IN_SCOPE,
         in_scope,
     ).fetchone()
-    pending_files, pending_bytes = conn.execute(
-        f"SELECT count(*), coalesce(sum(e.size), 0){PENDING}{_IN_SCOPE}", in_scope
-    ).fetchone()
+    if conn.execute("SELECT 1 FROM uploads LIMIT 1").fetchone() is None:
+        pending_files, pending_bytes = files, nbytes  # nothing uploaded yet: a second scan spared
+    else:
+        pending_files, pending_bytes = conn.execute(
+            f"SELECT count(*), coalesce(sum(e.size), 0){PENDING}{_IN_SCOPE}", in_scope
+        ).fetchone()
     counts = Counter(
         files=files, bytes=nbytes, pending_files=pending_files, pending_bytes=pending_bytes
     )
