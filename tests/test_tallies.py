@@ -137,3 +137,16 @@ def test_while_a_crawl_runs_readers_count_for_themselves(manifest: Manifest) -> 
         manifest.put_entries(crawl, [Entry("a/z.fits", "file", 9, 1)])
     assert tallies.read(manifest.conn, "") is None
     assert manifest.totals()["files"] == 2  # from a scan, not a stale count
+
+
+def test_a_db_from_before_the_counts_is_scanned_then_counted_once(manifest: Manifest) -> None:
+    _crawl(manifest, {"a/x.fits": (3, 1), "a/y.fits": (4, 1)})
+    _record(manifest, "a/x.fits", 3, 1, "etag")
+    with manifest.atomic() as conn:  # as migration 3 leaves an older db: nothing kept
+        conn.execute("DELETE FROM tallies")
+    _record(manifest, "a/y.fits", 4, 1, "etag")  # recorded while nothing is kept
+    assert tallies.read(manifest.conn, "") is None
+    assert manifest.totals()["pending_files"] == 0  # from a scan
+    manifest.ensure_tallies("")  # what an upload does first
+    _assert_kept_equals_scan(manifest)
+    assert manifest.proof_counts() == {"etag": 2}
