@@ -12,8 +12,9 @@ at configurable rates, misbehaves the ways a real network and a busy store do:
 ``echo_auth`` answer 500 with the request's Authorization header in the error message
               (a store that leaks what it was sent: the client must not print it)
 
-It counts what it saw: PUTs per object key (PutObject and UploadPart), PUTs that reached
-the store, faults by kind, and requests in flight at each arrival, so tests can assert
+It counts what it saw: every request (method, key, query: ``requests``), PUTs per object
+key (PutObject and UploadPart), PUTs that reached the store, faults by kind, and requests
+in flight at each arrival, so tests can assert
 "nothing confirmed was sent again" and "concurrency went down", never wall-clock times.
 ``on_put(key)`` runs after a PUT's body has arrived and before it is forwarded.
 """
@@ -105,6 +106,8 @@ class FaultProxy:
         self.stored_puts: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.arrivals: list[Arrival] = []
+        #: (method, key, query string) of every request, in arrival order
+        self.requests: list[tuple[str, str, str]] = []
         self._in_flight = 0
         self._puts_in_flight = 0
 
@@ -157,6 +160,7 @@ class FaultProxy:
             self.stored_puts.clear()
             self.faults.clear()
             self.arrivals.clear()
+            self.requests.clear()
 
     def _arrive(self, method: str, key: str) -> str | None:
         with self._lock:
@@ -262,6 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _proxy(self) -> None:
         owner, method, key = self.owner, self.command, self._key()
+        with owner._lock:
+            owner.requests.append((method, key, urllib.parse.urlsplit(self.path).query))
         fault = owner._arrive(method, key)
         try:
             self._serve(fault, method, key)

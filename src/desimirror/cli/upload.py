@@ -17,6 +17,7 @@ from desimirror.cli.common import (
 )
 from desimirror.errors import DesimirrorError, UsageError
 from desimirror.pipeline.upload import ADOPT_MODES, UploadOptions, UploadSummary, upload
+from desimirror.pipeline.upload.dryrun import dry_run as run_dry
 from desimirror.progress import for_terminal, set_resume_command
 from desimirror.state.manifest import Manifest
 from desimirror.storage.transfer import BACKENDS, DEFAULT_BACKEND
@@ -99,6 +100,18 @@ from desimirror.units import MiB, format_size
     help="Stop with exit 4 when the store has answered nothing but failures this long "
     "(e.g. a full disk, a dead server); what was confirmed stays done.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what would be sent, adopted and skipped, and send nothing: reads the db only "
+    "(no lock, nothing pinned) and makes no request unless --check-bucket.",
+)
+@click.option(
+    "--check-bucket",
+    is_flag=True,
+    help="With --dry-run: list the bucket (LIST and HEAD requests only, nothing written) to "
+    "count the objects already there that would be adopted.",
+)
 @json_option
 def command(
     db: str,
@@ -116,6 +129,8 @@ def command(
     delete: bool,
     part_size: int,
     give_up_after: float,
+    dry_run: bool,
+    check_bucket: bool,
     json_output: bool,
 ) -> None:
     """Upload pending files batch by batch; run it again to resume after any stop.
@@ -135,7 +150,9 @@ def command(
     """
     if part_size < 5 * MiB or part_size % MiB:
         raise UsageError("--part-size must be a whole number of MiB, at least 5 MiB")
-    with Manifest.open(db, writer="upload") as manifest:
+    if check_bucket and not dry_run:
+        raise UsageError("--check-bucket goes with --dry-run")
+    with Manifest.open(db, writer=None if dry_run else "upload") as manifest:
         dest = resolve_target(
             manifest, bucket, endpoint_url, no_sign_request, prefix=prefix, remap=remap
         )
@@ -153,6 +170,10 @@ def command(
             part_size=part_size,
             give_up_after=give_up_after,
         )
+        if dry_run:
+            report = run_dry(manifest, options, check_bucket=check_bucket).as_dict()
+            finish(report, json_output, _dry_lines(report))
+            return
         set_resume_command(_resume_argv(db, options, pinned=dest.pinned))
         try:
             summary = upload(manifest, options, progress=for_terminal(json_output))
@@ -223,4 +244,33 @@ def _lines(s: UploadSummary, resume: list[str]) -> list[str]:
             "every planned file was confirmed when sent; 'desimirror verify' checks the "
             "bucket now (--checksum: the content too)"
         )
+    return lines
+
+
+def _dry_lines(r: dict) -> list[str]:
+    """The dry run's report for a terminal."""
+    batches = f"{r['batches_to_run']:,} of {r['batches_total']:,} batches would run"
+    lines = [f"dry run: nothing sent ({batches})"]
+    for label, files, nbytes in (
+        ("send", r["files_to_send"], r["bytes_to_send"]),
+        ("adopt", r["files_to_adopt"], r["bytes_to_adopt"]),
+        ("check", r["files_to_check"], r["bytes_to_check"]),
+        ("skip", r["files_skipped"], r["bytes_skipped"]),
+        ("later", r["files_left"], r["bytes_left"]),
+    ):
+        if files or label == "send":
+            lines.append(f"  {label:<6} {plural(files, 'file'):>18}  {format_size(nbytes):>10}")
+    if r["files_multipart"]:
+        lines.append(
+            f"  of which {r['files_multipart']:,} multipart ({r['parts_to_send']:,} parts)"
+        )
+    if r["files_to_check"]:
+        lines.append("  check: in the bucket with the same size; adopted if the checksum matches")
+    if not r["bucket_checked"]:
+        lines.append("  (the bucket was not asked: --check-bucket counts what would be adopted)")
+    if r["files_gone"]:
+        lines.append(
+            f"  gone   {plural(r['files_gone'], 'file')} mirrored earlier, gone from the source"
+        )
+    lines.extend(f"warning: {w}" for w in r["warnings"])
     return lines

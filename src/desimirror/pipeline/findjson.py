@@ -468,8 +468,9 @@ def import_tree_json(
             local = LocalTree(tree)
         stack.append(_Frame("", typ, size, local.root_fd if local else None))
         progress.start("import")
+        first = not manifest.has_entries()
         try:
-            with manifest.atomic():
+            with manifest.bulk_load(drop_parent_index=first), manifest.atomic():
                 _load(nodes, stack, manifest, summary, progress, local)
         except UsageError as exc:
             # recorded, and left unfinished: what was loaded is not the tree
@@ -497,7 +498,7 @@ def _load(
     """Write every node below the root (alone on ``stack``) into the manifest, in chunks
     of rows; with a ``local`` tree, as stat'ed there."""
     root = stack[0]
-    rows = [local.root_entry() if local else Entry("", "dir", 0)]
+    rows = [_row(local.root_entry() if local else Entry("", "dir", 0))]
     errors: list[tuple[str, str]] = []
     mismatched = 0
     uploadable = 0  # bytes: their sum must fit the db's integers too
@@ -510,13 +511,12 @@ def _load(
 
     def flush() -> None:
         nonlocal uploadable
-        nbytes = sum(e.size for e in rows if e.kind == "file" or e.link_kind == "file")
+        nbytes = sum(r[4] for r in rows if r[3] == "file" or r[7] == "file")
         uploadable += nbytes
         if uploadable > MAX_SIZE:
             raise UsageError("the files' sizes add up to more than 2^63-1 bytes")
-        for entry in rows:
-            summary.kinds[entry.kind] += 1
-        manifest.put_entries(summary.crawl_id, rows)
+        summary.kinds.update(r[3] for r in rows)
+        manifest.put_crawl_rows(summary.crawl_id, rows)
         manifest.put_crawl_errors(summary.crawl_id, errors)
         summary.entries += len(rows)
         progress.advance(files=len(rows), nbytes=nbytes)
@@ -539,11 +539,14 @@ def _load(
         if path is None:
             pass
         elif local is None:
-            rows.append(Entry(path, _KINDS[typ], 0 if typ == DIRECTORY else size))
+            kind = _KINDS[typ]
+            rows.append(
+                (path, parent.path, name, kind, 0 if typ == DIRECTORY else size, *_UNKNOWN_STAT)
+            )
         else:
             entry, problem, fd = local.look(stack, name, path, typ, size, not leaf)
             if entry is not None:
-                rows.append(entry)
+                rows.append(_row(entry))
             if problem is not None:
                 error(path, problem)
             if fd is None:
@@ -573,6 +576,27 @@ def _load(
             )
 
 
+#: mtime_ns, link_target, link_kind, ctime_ns, ino, dev of an entry find.json alone tells.
+_UNKNOWN_STAT = (None,) * 6
+
+
+def _row(e: Entry) -> tuple:
+    """An entry as the crawl's row tuple (see ``Manifest.put_crawl_rows``)."""
+    return (
+        e.path,
+        e.parent,
+        e.name if e.path else "",
+        e.kind,
+        e.size,
+        e.mtime_ns,
+        e.link_target,
+        e.link_kind,
+        e.ctime_ns,
+        e.ino,
+        e.dev,
+    )
+
+
 def _checked_path(node: Node, parent: _Frame, error: Callable[[str, str], None]) -> str | None:
     """Check one node against its parent; returns its path, or None if it is skipped
     (with its subtree)."""
@@ -583,7 +607,7 @@ def _checked_path(node: Node, parent: _Frame, error: Callable[[str, str], None])
         raise UsageError(f"not a find.json tree: {parent.path!r} has children but is a file")
     _check_name(name, parent.path)
     try:
-        name.encode("utf-8")
+        name.isascii() or name.encode("utf-8")  # most names are ASCII: no copy made
     except UnicodeEncodeError:
         shown = name.encode("utf-8", "backslashreplace").decode("ascii")
         error(f"{parent.path}/{shown}".lstrip("/"), f"name is not valid UTF-8: {name!r}")

@@ -33,8 +33,8 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
     crawl = manifest.last_crawl()
     proofs = manifest.proof_counts()
     adopted = manifest.adopted_count()
-    gone = len(manifest.gone_uploads())
-    published = manifest.published_counts()["claims"]
+    gone = manifest.gone_count()
+    published = manifest.claim_count()
     store = {
         "health": manifest.store_note("health"),
         "validation": manifest.store_note("validation"),

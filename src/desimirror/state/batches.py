@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from desimirror.errors import UsageError
+from desimirror.state import tallies
 from desimirror.state.entries import EntryTables
 from desimirror.state.records import Entry
 
@@ -59,6 +60,7 @@ class BatchTables(EntryTables):
             )
             for key, value in (meta or {}).items():
                 self._set_meta_raw(key, value)
+            tallies.ensure(conn, self.get_meta("plan_subdir") or "")
         return len(batch_rows)
 
     def iter_batches(self) -> Iterator[tuple[int, int, int, list[tuple[str, bool]]]]:

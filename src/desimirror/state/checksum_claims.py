@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from desimirror.state import tallies
 from desimirror.state.db import StateDb
 from desimirror.state.records import UPLOADABLE
 
@@ -94,4 +95,16 @@ class PublishedClaims(StateDb):
                 " WHERE p.path = entries.path AND entries.kind IN ('file', 'link')"
                 " AND entries.sha256 IS NOT p.sha256"
             )
+            if cur.rowcount > 0 and tallies.read_any(conn) is not None:
+                # a new reference can make a done file pending: count again
+                tallies.recount(conn, self.get_meta(tallies.SCOPE) or "")
+            else:
+                tallies.set_claims(conn)
         return max(cur.rowcount, 0)
+
+    def claim_count(self) -> int:
+        """How many files the release's listings claim a checksum for (kept, else counted)."""
+        kept = tallies.read_any(self.conn)
+        if kept is not None:
+            return kept["claims"]
+        return self.conn.execute("SELECT count(*) FROM published").fetchone()[0]

@@ -176,6 +176,29 @@ class StateDb:
             raise
         conn.execute(f"RELEASE {name}")
 
+    def bound_wal(self, max_bytes: int) -> bool:
+        """Copy the WAL into the db and truncate it, if it has grown past ``max_bytes``;
+        outside a transaction. Returns whether it did.
+
+        SQLite's automatic checkpoints copy pages but cannot rewind the WAL while some
+        reader's snapshot is in it, and the file never shrinks: under a ``status`` run in a
+        loop, a days-long upload's WAL grows without bound. This waits for the readers (at
+        most ``busy`` seconds; else it tries at the next call) and truncates the file.
+        """
+        try:
+            size = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return False
+        if size <= max_bytes or self.conn.in_transaction:
+            return False
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout = 2000")
+        try:
+            busy, _log, _copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute("PRAGMA busy_timeout = 30000")
+        return not busy
+
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None

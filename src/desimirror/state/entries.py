@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
+from desimirror.state import tallies
 from desimirror.state.db import StateDb
 from desimirror.state.records import UPLOADABLE, Entry, roll_up, subtree_range
 
@@ -82,6 +83,7 @@ class EntryTables(StateDb):
             cur = conn.execute(
                 "INSERT INTO crawls (root, started) VALUES (?, ?)", (root, time.time())
             )
+            tallies.invalidate(conn)  # counted again when the crawl closes
         return int(cur.lastrowid)
 
     def put_entries(self, crawl_id: int, entries: Iterable[Entry]) -> int:
@@ -143,6 +145,7 @@ class EntryTables(StateDb):
             if not sizes_written:
                 self._roll_up_dir_sizes()
             _record_crawl_counts(conn, crawl_id)
+            tallies.recount(conn, self.get_meta("plan_subdir") or "")
         return dropped
 
     def _drop_unseen(self, crawl_id: int, keep: set[str]) -> int:

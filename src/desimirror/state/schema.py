@@ -124,8 +124,27 @@ def _file_identity(conn: sqlite3.Connection) -> None:
     _add_columns(conn, "uploads", identity)
 
 
+def _running_counts(conn: sqlite3.Connection) -> None:
+    """3: the counts ``status`` shows, kept as uploads are recorded instead of counted by
+    a scan (see :mod:`desimirror.state.tallies`). Empty means not kept yet: readers count
+    for themselves until the next crawl or plan counts them."""
+    _run(
+        conn,
+        """
+        CREATE TABLE IF NOT EXISTS tallies (
+            name TEXT PRIMARY KEY,        -- files, pending_bytes, proof:sha256, ...
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 #: Migration N brings a db from user_version N-1 to N.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_content_proof, _file_identity)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _content_proof,
+    _file_identity,
+    _running_counts,
+)
 LATEST = len(MIGRATIONS)
 
 

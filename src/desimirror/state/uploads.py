@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from desimirror.state import tallies
 from desimirror.state.entries import EntryTables
 from desimirror.state.records import (
     NOT_DONE,
@@ -42,7 +43,17 @@ class UploadTables(EntryTables):
         return found
 
     def totals(self, under: str = "") -> dict[str, int]:
-        """Files and bytes of the uploadables at or below ``under``: all, and still pending."""
+        """Files and bytes of the uploadables at or below ``under``: all, and still pending.
+
+        From the running counts where they are kept for ``under`` (the plan's selection),
+        else by a scan (:meth:`scanned_totals`)."""
+        kept = tallies.read(self.conn, under)
+        if kept is not None:
+            return {k: kept[k] for k in ("files", "bytes", "pending_files", "pending_bytes")}
+        return self.scanned_totals(under)
+
+    def scanned_totals(self, under: str = "") -> dict[str, int]:
+        """:meth:`totals` counted from the tables (a scan of every entry below ``under``)."""
         lo, hi = subtree_range(under)
         in_range = " AND ((e.path >= ? AND e.path < ?) OR e.path = ?)"
         args = (lo, hi, under)
@@ -67,6 +78,8 @@ class UploadTables(EntryTables):
         has the size and mtime it was computed for and has no published one.
         """
         now = time.time()
+        records = list(records)
+        before = tallies.snapshot(self.conn, [r.path for r in records])
         rows = [
             (
                 r.path,
@@ -104,6 +117,10 @@ class UploadTables(EntryTables):
             [(r[6], r[0], r[2], r[3], r[12], r[12], r[11]) for r in rows if r[6]],
         )
         self.conn.executemany("DELETE FROM failures WHERE path = ?", [(r[0],) for r in rows])
+        if before is not None:
+            tallies.apply_change(
+                self.conn, before, tallies.snapshot(self.conn, [r[0] for r in rows])
+            )
         return len(rows)
 
     def upload_record(self, path: str) -> UploadRecord | None:
@@ -157,10 +174,25 @@ class UploadTables(EntryTables):
             " ORDER BY u.path"
         ).fetchall()
 
+    def gone_count(self) -> int:
+        """How many :meth:`gone_uploads` there are (kept count, else a scan)."""
+        kept = tallies.read_any(self.conn)
+        return kept["gone"] if kept is not None else len(self.gone_uploads())
+
+    def ensure_tallies(self, under: str) -> None:
+        """Count where the mirror stands for ``under`` unless that is kept already; a
+        writer's call (an old db, or another selection than the last one counted)."""
+        with self.atomic() as conn:
+            tallies.ensure(conn, under)
+
     def forget_uploads(self, paths: Iterable[str]) -> int:
         """Drop upload records (objects deleted, or found wrong); inside atomic. Returns
         how many there were."""
+        paths = list(paths)
+        before = tallies.snapshot(self.conn, paths) if paths else None
         cur = self.conn.executemany("DELETE FROM uploads WHERE path = ?", [(p,) for p in paths])
+        if before is not None:
+            tallies.apply_change(self.conn, before, tallies.snapshot(self.conn, paths))
         return max(cur.rowcount, 0)
 
     # -- where the mirror stands ---------------------------------------------------------
@@ -190,11 +222,17 @@ class UploadTables(EntryTables):
 
     def proof_counts(self) -> dict[str, int]:
         """proof -> objects recorded with it (see :class:`UploadRecord`)."""
+        kept = tallies.read_any(self.conn)
+        if kept is not None:
+            return tallies.proofs(kept)
         rows = self.conn.execute("SELECT coalesce(proof, 'none'), count(*) FROM uploads GROUP BY 1")
         return dict(rows)
 
     def adopted_count(self) -> int:
         """Objects found in the bucket and recorded without being sent."""
+        kept = tallies.read_any(self.conn)
+        if kept is not None:
+            return kept["adopted"]
         return self.conn.execute("SELECT count(*) FROM uploads WHERE adopted").fetchone()[0]
 
     def paths_failed_for(self, reason: str) -> set[str]:

@@ -116,6 +116,7 @@ def upload(
             "content; run 'desimirror verify --checksum' to prove them"
         )
     summary.batches_total = len(batches)
+    manifest.ensure_tallies(subdir)  # a db from before the running counts: count it once
     totals = manifest.totals(subdir)
     progress.start("upload", totals["pending_files"], totals["pending_bytes"])
     run_id = manifest.begin_upload_run()

@@ -13,6 +13,9 @@ from desimirror.text import shown
 
 COMMIT_EVERY_SECONDS = 1.0
 COMMIT_EVERY_RESULTS = 500
+#: The WAL is truncated when it has grown past this, checked this often (see bound_wal).
+WAL_LIMIT_BYTES = 64 << 20
+WAL_CHECK_SECONDS = 30.0
 
 
 _COUNTERS = {
@@ -30,6 +33,7 @@ class Recorder:
         self.done: list[UploadRecord] = []
         self.failed: list[tuple[str, str, str]] = []
         self.last_commit = time.monotonic()
+        self.last_wal_check = self.last_commit
         self.health: StoreHealth | None = None  # kept in the db at each commit, for status
 
     def confirmed(self, record: UploadRecord, *, counted_as_adopted: bool) -> None:
@@ -75,3 +79,6 @@ class Recorder:
             raise
         self.done, self.failed = [], []
         self.last_commit = time.monotonic()
+        if self.last_commit - self.last_wal_check >= WAL_CHECK_SECONDS:
+            self.last_wal_check = self.last_commit
+            self.manifest.bound_wal(WAL_LIMIT_BYTES)
