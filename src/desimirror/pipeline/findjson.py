@@ -498,7 +498,7 @@ def _load(
     """Write every node below the root (alone on ``stack``) into the manifest, in chunks
     of rows; with a ``local`` tree, as stat'ed there."""
     root = stack[0]
-    rows = [_row(local.root_entry() if local else Entry("", "dir", 0))]
+    rows = [(local.root_entry() if local else Entry("", "dir", 0)).row()]
     errors: list[tuple[str, str]] = []
     mismatched = 0
     uploadable = 0  # bytes: their sum must fit the db's integers too
@@ -546,7 +546,7 @@ def _load(
         else:
             entry, problem, fd = local.look(stack, name, path, typ, size, not leaf)
             if entry is not None:
-                rows.append(_row(entry))
+                rows.append(entry.row())
             if problem is not None:
                 error(path, problem)
             if fd is None:
@@ -578,23 +578,6 @@ def _load(
 
 #: mtime_ns, link_target, link_kind, ctime_ns, ino, dev of an entry find.json alone tells.
 _UNKNOWN_STAT = (None,) * 6
-
-
-def _row(e: Entry) -> tuple:
-    """An entry as the crawl's row tuple (see ``Manifest.put_crawl_rows``)."""
-    return (
-        e.path,
-        e.parent,
-        e.name if e.path else "",
-        e.kind,
-        e.size,
-        e.mtime_ns,
-        e.link_target,
-        e.link_kind,
-        e.ctime_ns,
-        e.ino,
-        e.dev,
-    )
 
 
 def _checked_path(node: Node, parent: _Frame, error: Callable[[str, str], None]) -> str | None:

@@ -91,23 +91,7 @@ class EntryTables(StateDb):
 
         The published checksum survives a re-crawl only if the file did not change.
         """
-        rows = [
-            (
-                e.path,
-                e.parent,
-                e.name if e.path else "",
-                e.kind,
-                e.size,
-                e.mtime_ns,
-                e.link_target,
-                e.link_kind,
-                e.ctime_ns,
-                e.ino,
-                e.dev,
-                e.sha256,
-            )
-            for e in entries
-        ]
+        rows = [(*e.row(), e.sha256) for e in entries]
         self.conn.executemany(_upsert_entries(crawl_id, with_sha256=True), rows)
         return len(rows)
 

@@ -54,6 +54,13 @@ class Entry:
             return None
         return (self.ctime_ns, self.ino, self.dev)
 
+    def row(self) -> tuple:
+        """This entry as a crawl's row (see :meth:`Manifest.put_crawl_rows`): (path, parent,
+        name, kind, size, mtime_ns, link_target, link_kind, ctime_ns, ino, dev)."""
+        name = self.name if self.path else ""
+        return (self.path, self.parent, name, self.kind, self.size, self.mtime_ns,
+                self.link_target, self.link_kind, self.ctime_ns, self.ino, self.dev)  # fmt: skip
+
     @property
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1]

@@ -52,12 +52,11 @@ from desimirror.pipeline.upload.options import (
     incomplete_message,
 )
 from desimirror.pipeline.upload.recorder import Recorder
-from desimirror.pipeline.upload.uploader import StoreGaveUp, Uploader
+from desimirror.pipeline.upload.uploader import StoreGaveUp, Uploader, planned_batches
 from desimirror.progress import NullProgress, Progress
 from desimirror.state.manifest import Manifest
 from desimirror.storage import target, transfer
 from desimirror.storage.health import validation_text
-from desimirror.storage.keys import first_collision
 from desimirror.storage.lookup import ObjectLookup
 from desimirror.storage.transfer.proving import with_proof
 
@@ -93,13 +92,7 @@ def upload(
         raise UsageError(f"the crawled root {root} is not a readable directory here")
     partial = manifest.require_whole_tree("upload")
     keymap = target.keymap_for(manifest, options.target.bucket, options.prefix, options.remap)
-    batches = list(manifest.iter_batches())
-    if not batches:
-        raise UsageError(f"{manifest.path} has no plan: run 'desimirror plan --db ...' first")
-    subdir = manifest.get_meta("plan_subdir") or ""
-    collision = first_collision(keymap, lambda: (e.path for e in manifest.iter_uploadables(subdir)))
-    if collision:
-        raise UsageError(collision.message())
+    batches, subdir = planned_batches(manifest, keymap)
     client = make_client(options.target, max_pool_connections=32)
     check_bucket(client, options.target.bucket, sleep=sleep)
     target.pin(manifest, options.target.bucket, keymap, options.target.endpoint_url)

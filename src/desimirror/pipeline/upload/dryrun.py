@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 from desimirror.errors import UsageError
 from desimirror.pipeline.upload.options import UploadOptions
+from desimirror.pipeline.upload.uploader import planned_batches
 from desimirror.progress import NullProgress, Progress
 from desimirror.state.manifest import Manifest
 from desimirror.storage import target
-from desimirror.storage.keys import KeyMap, first_collision
+from desimirror.storage.keys import KeyMap
 
 
 @dataclass
@@ -72,13 +73,7 @@ def dry_run(
     """Count what :func:`desimirror.pipeline.upload.upload` would do; see the module doc."""
     progress = progress or NullProgress()
     keymap = target.keymap_for(manifest, options.target.bucket, options.prefix, options.remap)
-    batches = list(manifest.iter_batches())
-    if not batches:
-        raise UsageError(f"{manifest.path} has no plan: run 'desimirror plan --db ...' first")
-    subdir = manifest.get_meta("plan_subdir") or ""
-    collision = first_collision(keymap, lambda: (e.path for e in manifest.iter_uploadables(subdir)))
-    if collision:
-        raise UsageError(collision.message())
+    batches, subdir = planned_batches(manifest, keymap)
     report = DryRunReport(
         bucket=options.target.bucket,
         backend=options.backend,

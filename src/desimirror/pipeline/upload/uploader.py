@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from desimirror.errors import UsageError
 from desimirror.integrity.checksums import (
     corrupt_text,
     guess_part_sizes,
@@ -19,10 +20,10 @@ from desimirror.pipeline.upload.options import UploadOptions
 from desimirror.pipeline.upload.recorder import Recorder
 from desimirror.progress import Progress
 from desimirror.retrying import backoff_delay
-from desimirror.state.manifest import MISMATCH, Entry, UploadRecord
+from desimirror.state.manifest import MISMATCH, Entry, Manifest, UploadRecord
 from desimirror.storage import transfer
 from desimirror.storage.health import StoreHealth
-from desimirror.storage.keys import KeyMap
+from desimirror.storage.keys import KeyMap, first_collision
 from desimirror.storage.lookup import ObjectInfo, ObjectLookup
 from desimirror.storage.transfer import TransferItem, TransferResult
 
@@ -315,6 +316,19 @@ class Uploader:
             items.append(self._item(key, job))
         for result in self.backend.put_batch(items):
             yield todo[result.item.key], result
+
+
+def planned_batches(manifest: Manifest, keymap: KeyMap) -> tuple[list, str]:
+    """(the plan's batches, the plan's subdirectory), refused without a plan or when two
+    paths of the selection would land on one key; for the upload and its dry run."""
+    batches = list(manifest.iter_batches())
+    if not batches:
+        raise UsageError(f"{manifest.path} has no plan: run 'desimirror plan --db ...' first")
+    subdir = manifest.get_meta("plan_subdir") or ""
+    collision = first_collision(keymap, lambda: (e.path for e in manifest.iter_uploadables(subdir)))
+    if collision:
+        raise UsageError(collision.message())
+    return batches, subdir
 
 
 class StoreGaveUp(Exception):
