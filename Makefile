@@ -83,7 +83,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check src tests bench
 
 test: lint $(ECHARTS)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 # Benchmarks, not tests: each prints ratios against peers measured in the same run.
 bench: $(VENV)/.installed $(ECHARTS)
