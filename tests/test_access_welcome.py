@@ -106,6 +106,8 @@ def _read_as_astronomers_do(mounted: Path, local: Path) -> None:
     redux = "spectro/redux/fuji"
     tiles = f"{redux}/tiles-fuji.csv"
     assert pd.read_csv(mounted / tiles).equals(pd.read_csv(local / tiles))
+    hpixexp = next(local.glob(f"{redux}/healpix/*/*/*/*/hpixexp-*.csv")).relative_to(local)
+    assert pd.read_csv(mounted / hpixexp).equals(pd.read_csv(local / hpixexp))
     zcat = f"{redux}/zcatalog/zpix-sv3-dark.fits"
     through_mount = fitsio.read(str(mounted / zcat), ext="ZCATALOG")
     assert np.array_equal(through_mount, fitsio.read(str(local / zcat), ext="ZCATALOG"))

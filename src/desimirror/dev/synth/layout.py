@@ -413,11 +413,25 @@ def _healpix(shape: _Shape, seed: int) -> Iterator[DirSpec]:
         nspec = _healpix_nspec(seed, path)
         files = [
             (f"coadd-{tag}.fits", Product("coadd", nspec, keys, path)),
-            (f"hpixexp-{tag}.csv", _size(drng, 300, 3_000)),
+            (f"hpixexp-{tag}.csv", Product("hpixexp_csv", 0, members=_hpixexp(shape, seed, pix))),
             (f"redrock-{tag}.fits", Product("redrock", nspec, keys, path)),
             (f"spectra-{tag}.fits.gz", _size(drng, 50_000, 600_000)),
         ]
         yield _directory(path, files, drng, shape.release - 60 * DAY, 30 * DAY)
+
+
+def _hpixexp(shape: _Shape, seed: int, pix: int) -> tuple:
+    """(night, expid, tileid, petal, pix) of the science exposures that cover a pixel: a
+    few, drawn from their own generator so the rest of the tree stays as it was."""
+    rng = _rng(seed, f"hpixexp/{pix}")
+    science = [
+        (int(night.date), expid, _exposure_tile(seed, expid))
+        for night in shape.nights
+        for expid, kind in night.exposures
+        if kind == "science"
+    ] or [(int(shape.nights[0].date), shape.nights[0].exposures[0][0], FIRST_TILEID)]
+    picks = sorted(rng.sample(science, min(len(science), 1 + rng.randrange(4))))
+    return tuple((night, expid, tile, rng.randrange(10), pix) for night, expid, tile in picks)
 
 
 def _healpix_dir(survey: str, program: str, pix: int) -> str:

@@ -3,7 +3,8 @@ and the release's summaries of its tiles and science exposures.
 
 ``exposure_tables/YYYYMM/exposure_table_NIGHT.csv`` lists a night's exposures, one row each,
 with the columns of desispec's exposure tables (a subset); ``tiles-SPECPROD.csv`` and
-``exposures-SPECPROD.csv`` list the tiles and science exposures as their FITS twins do.
+``exposures-SPECPROD.csv`` list the tiles and science exposures as their FITS twins do;
+``hpixexp-SURVEY-PROGRAM-PIX.csv`` the exposures that cover a healpix pixel.
 Text, so a table's size is the length of what :func:`render` returns: small, and the same
 with ``--sparse``.
 """
@@ -14,7 +15,7 @@ from functools import lru_cache
 
 from desimirror.dev.synth.fits import Product
 
-KINDS = ("exposure_table", "tiles_csv", "exposures_csv")
+KINDS = ("exposure_table", "tiles_csv", "exposures_csv", "hpixexp_csv")
 COLUMNS = (
     "EXPID", "OBSTYPE", "TILERA", "TILEDEC", "EXPTIME", "SURVEY", "FAPRGRM", "GOALTIME",
     "AIRMASS", "TILEID", "NIGHT", "PURPOSE", "MJD-OBS", "PROGRAM", "CAMWORD", "BADCAMWORD",
@@ -49,6 +50,7 @@ TILE_COLUMNS = (
     "TILEID", "SURVEY", "PROGRAM", "FAPRGRM", "FAFLAVOR", "NEXP", "EXPTIME", "TILERA",
     "TILEDEC", "EFFTIME_SPEC", "GOALTIME", "OBSSTATUS", "LASTNIGHT",
 )  # fmt: skip
+HPIXEXP_COLUMNS = ("NIGHT", "EXPID", "TILEID", "PETAL_LOC", "HEALPIX")
 EXPOSURE_COLUMNS = (
     "NIGHT", "EXPID", "TILEID", "TILERA", "TILEDEC", "MJD", "SURVEY", "PROGRAM", "FAPRGRM",
     "EXPTIME", "EFFTIME_SPEC", "GOALTIME", "AIRMASS",
@@ -77,7 +79,9 @@ def render(p: Product) -> bytes:
     """The CSV text: a header line, then one line per member: ``(night, expid, kind,
     tileid)`` of an exposure table, ``(tileid, night)`` of the tiles, ``(night, expid,
     tileid)`` of the science exposures."""
-    if p.kind == "tiles_csv":
+    if p.kind == "hpixexp_csv":
+        lines = [",".join(HPIXEXP_COLUMNS)] + [",".join(map(str, m)) for m in p.members]
+    elif p.kind == "tiles_csv":
         lines = [",".join(TILE_COLUMNS)] + [",".join(_tile_row(*m)) for m in p.members]
     elif p.kind == "exposures_csv":
         lines = [",".join(EXPOSURE_COLUMNS)] + [",".join(_exposure_row(*m)) for m in p.members]
