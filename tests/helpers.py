@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,3 +62,21 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> No
     assert not any(line.startswith(("Usage:", "Try ")) for line in lines), proc.stderr
     for fragment in fragments:
         assert fragment in proc.stderr, (fragment, proc.stderr)
+
+
+def kill_once(
+    victim: subprocess.Popen, ready: Callable[[], bool], timeout: float, why: str
+) -> None:
+    """SIGKILL ``victim`` as soon as ``ready()`` (polled, at most ``timeout`` seconds), and
+    reap it; ``why`` is the failure if it ended first. It never outlives the call."""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and victim.poll() is None and not ready():
+            time.sleep(0.01)
+        assert victim.poll() is None, why
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(timeout=30)

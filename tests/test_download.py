@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from boto3.s3.transfer import TransferConfig
 
 from desimirror.storage.keys import KeyMap
 from faultproxy import FaultProxy
-from helpers import DESIMIRROR, assert_clean_error, run_cli
+from helpers import DESIMIRROR, assert_clean_error, kill_once, run_cli
 from integrity_helpers import make_release, random_files
 
 pytestmark = pytest.mark.s3
@@ -128,19 +126,12 @@ def test_killed_download_resumes_without_fetching_completed_files(
         victim = subprocess.Popen(
             argv, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and victim.poll() is None:
-                if record.is_file() and record.read_text().count("\n") >= 40:
-                    break
-                time.sleep(0.01)
-            assert victim.poll() is None, "the download ended before it could be killed"
-            os.kill(victim.pid, signal.SIGKILL)
-            victim.wait(timeout=30)
-        finally:
-            if victim.poll() is None:
-                victim.kill()
-                victim.wait(timeout=30)
+        kill_once(
+            victim,
+            lambda: record.is_file() and record.read_text().count("\n") >= 40,
+            60,
+            "the download ended before it could be killed",
+        )
         completed = {line.split("\t")[0] for line in record.read_text().splitlines()}
         paths = _release_paths(root)
         assert 40 <= len(completed) < len(paths)

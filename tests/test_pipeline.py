@@ -13,7 +13,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from desimirror.state.manifest import Manifest
 from desimirror.storage.keys import KeyMap
 from desimirror.storage.transfer import TransferItem
 from desimirror.storage.transfer.proving import chunk_items
-from helpers import DESIMIRROR, assert_clean_error, run_cli
+from helpers import DESIMIRROR, assert_clean_error, kill_once, run_cli
 
 pytestmark = pytest.mark.s3
 REMAP = ("--remap", "edr/spectro/data=raw_spectro_data", "--remap", "edr/target=target")
@@ -127,20 +126,12 @@ def test_kill_minus_9_then_resume_loses_nothing(
         stderr=subprocess.DEVNULL,
     )
     confirmed_before: dict[str, float] = {}
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and victim.poll() is None:
-            confirmed_before = _uploaded_at(db)
-            if len(confirmed_before) >= 20:
-                break
-            time.sleep(0.05)
-        assert victim.poll() is None, "upload finished before it could be killed: grow the tree"
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.wait(timeout=30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait(timeout=30)
+    kill_once(
+        victim,
+        lambda: len(_uploaded_at(db)) >= 20,
+        120,
+        "upload finished before it could be killed: grow the tree",
+    )
     confirmed_before = _uploaded_at(db)  # what the db holds after the kill
     assert len(confirmed_before) > 0
 
@@ -390,7 +381,6 @@ def test_demo_from_a_relative_dir_mirrors_and_proves_and_stops_its_server(tmp_pa
 
 def test_demo_serve_keeps_a_readable_bucket_for_jupyter_until_sigterm(tmp_path: Path) -> None:
     import re
-    import signal
     import subprocess
 
     import boto3

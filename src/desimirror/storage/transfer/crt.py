@@ -114,14 +114,10 @@ class CrtBackend(NativeBackend):
             self._raise_if_refused_as_corrupt(exc, item, data)
             raise
         stored = hex_of_b64(headers.get("x-amz-checksum-sha256", ""))
-        if stored is not None and stored != digest:
-            raise RuntimeError(f"the store reports SHA-256 {stored}, the file has {digest}")
         etag = strip_etag(headers.get("etag"))
-        if stored is not None:
-            self._saw_checksum("single")
-            proof = "sha256"
-        else:
-            proof = self._etag_proof("single", etag, md5 or hashlib.md5(data).hexdigest())
+        proof = self._single_part_proof(
+            stored, digest, etag, lambda: md5 or hashlib.md5(data).hexdigest()
+        )
         return TransferResult(item, ok=True, etag=etag, sha256=digest, proof=proof)
 
     def _put_published(self, item: TransferItem) -> TransferResult:

@@ -44,7 +44,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
 
@@ -263,15 +263,10 @@ class NativeBackend:
             # a store that does not check checksums took bytes that differ from the release
             raise CorruptFile(corrupt_text(sent, item.sha256) + "; the store did not refuse them")
         digest = item.sha256 or sent or stored
-        if stored is not None and digest is not None and stored != digest:
-            raise RuntimeError(f"the store reports SHA-256 {stored}, the file has {digest}")
         etag = strip_etag(response.get("ETag"))
-        if stored is not None:
-            self._saw_checksum("single")
-            proof = "sha256"
-        else:
-            md5 = sent_md5 or self._reread(item).etag
-            proof = self._etag_proof("single", etag, md5)
+        proof = self._single_part_proof(
+            stored, digest, etag, lambda: sent_md5 or self._reread(item).etag
+        )
         return TransferResult(item, ok=True, etag=etag, sha256=digest, proof=proof)
 
     # -- a store that returns no checksum -------------------------------------------------
@@ -287,6 +282,18 @@ class NativeBackend:
         stops doing so (the first read computed no MD5 then)."""
         with open_source(item) as stream:
             return hash_stream(stream, max(self.multipart_chunksize, 1))
+
+    def _single_part_proof(
+        self, stored: str | None, digest: str | None, etag: str, md5: Callable[[], str]
+    ) -> str:
+        """How a single-part object is proven: the SHA-256 the store returned, which must
+        be the file's, else its ETag against the file's MD5 (``md5()``, asked only then)."""
+        if stored is not None and digest is not None and stored != digest:
+            raise RuntimeError(f"the store reports SHA-256 {stored}, the file has {digest}")
+        if stored is not None:
+            self._saw_checksum("single")
+            return "sha256"
+        return self._etag_proof("single", etag, md5())
 
     def _etag_proof(self, kind: str, etag: str, expected: str) -> str:
         """The proof of an object whose store returned no checksum (radosgw ignores them):
