@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -218,6 +219,7 @@ WRITER = textwrap.dedent(
     import sys
     from desimirror.state.manifest import Manifest, UploadRecord
     manifest = Manifest.open(sys.argv[1], create=True)
+    print("open", flush=True)
     n = 0
     while True:
         records = [UploadRecord(f"p{n}/{i}", f"k/{n}/{i}", i, i, "e" * 32, "0" * 64)
@@ -233,9 +235,14 @@ def test_the_state_db_survives_kill_9_in_the_middle_of_writes(tmp_path: Path) ->
     db = tmp_path / "state.db"
     rng = random.Random(3)
     for _ in range(5):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db)])
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, text=True
+        )
         try:
-            time.sleep(rng.uniform(0.3, 0.8))
+            # the kill must land among the writes, however slowly a loaded machine starts it
+            assert select.select([writer.stdout], [], [], 120)[0], "the writer never opened"
+            assert writer.stdout.readline() == "open\n"
+            time.sleep(rng.uniform(0.1, 0.5))
         finally:
             writer.send_signal(signal.SIGKILL)
             writer.wait(timeout=30)
