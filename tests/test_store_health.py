@@ -138,7 +138,7 @@ def _assert_gave_up(done: subprocess.CompletedProcess, db: Path, env: dict, caus
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("backend", ["native", "s5cmd"])
+@pytest.mark.parametrize("backend", ["crt", "s5cmd"])
 def test_a_store_answering_500_to_every_put_is_given_up_on(tmp_path, s3, bucket, cli_env, backend):
     _, db = _release(tmp_path)
     with FaultProxy(s3.endpoint_url, rates={"error500": 1.0}, methods={"PUT"}) as proxy:

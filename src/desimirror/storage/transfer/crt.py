@@ -62,6 +62,13 @@ from desimirror.storage.transfer.native import (
 )
 
 _XML_FIELD = "<{0}>([^<]*)</{0}>"
+#: Replies the runtime retries itself and, once it gives up, reports without their status
+#: or body: their S3 error, so that they are described and classified (a SlowDown is
+#: throttling) as boto3's are.
+_RETRIED_REPLIES = {
+    "AWS_ERROR_S3_INTERNAL_ERROR": (500, "InternalError"),
+    "AWS_ERROR_S3_SLOW_DOWN": (503, "SlowDown"),
+}
 #: The runtime reads a file by path; this one names an open descriptor (Linux).
 _PROC_FD = os.path.isdir("/proc/self/fd")
 
@@ -336,8 +343,12 @@ def _error(operation: str, reply: dict[str, Any]) -> Exception:
     from botocore import exceptions as bx
 
     status, body = reply.get("status"), reply.get("body") or b""
+    error = reply.get("error")
+    if not status and getattr(error, "name", None) in _RETRIED_REPLIES:
+        status, code = _RETRIED_REPLIES[error.name]
+        body = f"<Code>{code}</Code><Message>{error.message}</Message>".encode()
     if not status:
-        return bx.HTTPClientError(error=reply.get("error") or "no reply (timed out)")
+        return bx.HTTPClientError(error=error or "no reply (timed out)")
     text = body.decode("utf-8", "replace")
     fields = {
         name: (m.group(1) if (m := re.search(_XML_FIELD.format(name), text)) else "")
