@@ -10,6 +10,7 @@ Ctrl-C takes: ``finally`` blocks run, what was confirmed is committed, and the l
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import sqlite3
@@ -18,56 +19,52 @@ import threading
 
 import click
 
-from desimirror import __version__
-from desimirror.cli import (
-    crawl,
-    demo,
-    download,
-    env,
-    estimate,
-    jupyter,
-    manifest,
-    mount,
-    plan,
-    report,
-    serve,
-    status,
-    synth,
-    upload,
-    verify,
-)
 from desimirror.errors import DesimirrorError, StateError, redact, sqlite_failure
 from desimirror.progress import interrupted_message
 
+#: Each command: the module of ``desimirror.cli`` that defines it, and its attribute there.
+COMMANDS = {
+    "synth": ("synth", "command"),
+    "crawl": ("crawl", "command"),
+    "plan": ("plan", "command"),
+    "estimate": ("estimate", "command"),
+    "upload": ("upload", "command"),
+    "verify": ("verify", "command"),
+    "status": ("status", "command"),
+    "serve": ("serve", "command"),
+    "report": ("report", "command"),
+    "manifest": ("manifest", "command"),
+    "download": ("download", "command"),
+    "demo": ("demo", "command"),
+    "mount": ("mount", "command"),
+    "unmount": ("mount", "unmount_command"),
+    "env": ("env", "command"),
+    "jupyter": ("jupyter", "command"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="desimirror")
+
+class LazyCommands(click.Group):
+    """A group that imports a command's module only when that command runs: ``status``
+    then loads what ``status`` needs, not every stage's dependencies (half a second of
+    start-up, paid by every command, every script and every test that runs one)."""
+
+    def list_commands(self, _ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, _ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(f"desimirror.cli.{module}"), attribute)
+
+
+@click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="desimirror", prog_name="desimirror")
 def cli() -> None:
     """Mirror a data release to S3, provably, and keep track of where it stands.
 
     The pipeline: synth (a test release) → crawl → plan → upload → verify; status at any time.
     """
-
-
-for module in (
-    synth,
-    crawl,
-    plan,
-    estimate,
-    upload,
-    verify,
-    status,
-    serve,
-    report,
-    manifest,
-    download,
-    demo,
-    mount,
-    env,
-    jupyter,
-):
-    cli.add_command(module.command)
-cli.add_command(mount.unmount_command)
 
 
 class Terminated(KeyboardInterrupt):
