@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from desimirror.errors import UsageError
 
@@ -51,6 +52,16 @@ def crawl_placement(processes: int | None, scheduler: str | None) -> Iterator[Pl
 
 @contextlib.contextmanager
 def _dask_executor(address: str) -> Iterator[tuple[Executor, str]]:
+    with dask_client(address) as (client, where):
+        yield client.get_executor(), where
+
+
+@contextlib.contextmanager
+def dask_client(address: str) -> Iterator[tuple[Any, str]]:
+    """A ``distributed.Client`` of the scheduler at ``address`` and what to call it
+    ("Dask at tcp://... (N workers)"), closed when done; the one way the crawl and the
+    upload reach a cluster. An unreachable scheduler, or no ``distributed``, is a
+    :class:`UsageError` of one line."""
     try:
         from distributed import Client
     except ImportError:
@@ -63,6 +74,6 @@ def _dask_executor(address: str) -> Iterator[tuple[Executor, str]]:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     try:
         workers = len(client.scheduler_info().get("workers", {}))
-        yield client.get_executor(), f"Dask at {address} ({workers} workers)"
+        yield client, f"Dask at {address} ({workers} workers)"
     finally:
         client.close()
