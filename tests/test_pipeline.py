@@ -128,16 +128,16 @@ def test_kill_minus_9_then_resume_loses_nothing(
     confirmed_before: dict[str, float] = {}
     kill_once(
         victim,
-        lambda: len(_uploaded_at(db)) >= 20,
+        lambda: len(uploaded_at(db)) >= 20,
         120,
         "upload finished before it could be killed: grow the tree",
     )
-    confirmed_before = _uploaded_at(db)  # what the db holds after the kill
+    confirmed_before = uploaded_at(db)  # what the db holds after the kill
     assert len(confirmed_before) > 0
 
     resumed = run_cli("upload", *args, env=cli_env)
     assert resumed.returncode == 0, resumed.stderr
-    after = _uploaded_at(db)
+    after = uploaded_at(db)
     # files confirmed before the kill were not sent again
     assert all(after[path] == stamp for path, stamp in confirmed_before.items())
     report = json.loads(resumed.stdout)
@@ -149,7 +149,7 @@ def test_kill_minus_9_then_resume_loses_nothing(
     assert_bucket_equals_disk(s3, bucket, db, KeyMap.build("edr"))
 
 
-def _uploaded_at(db: Path) -> dict[str, float]:
+def uploaded_at(db: Path) -> dict[str, float]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         conn.execute("PRAGMA busy_timeout = 10000")

@@ -154,7 +154,7 @@ def _upload(
             options.part_size,
             _crawled_dev(manifest),
         )
-        backend = ClusterBackend(dask, spec, where=summary.ran_on)
+        backend = ClusterBackend(dask, spec, address=options.scheduler or "")
     else:
         backend = with_proof(
             transfer.get(

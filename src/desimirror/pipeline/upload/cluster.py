@@ -201,11 +201,11 @@ class ClusterBackend:
         *,
         chunk_files: int = CHUNK_FILES,
         chunk_bytes: int = CHUNK_BYTES,
-        where: str = "",
+        address: str = "",
     ) -> None:
         self.client, self.spec = client, spec
         self.name = spec.backend
-        self.where = where
+        self.address = address
         self.chunk_files, self.chunk_bytes = chunk_files, chunk_bytes
         #: Nominal: each worker's backend adapts its own transfers to throttling.
         self.concurrency = Concurrency(spec.workers)
@@ -274,9 +274,10 @@ class ClusterBackend:
         )
 
     def _lost(self, why: str) -> RemoteError:
+        why = " ".join(redact(why).split())  # one line, whatever Dask said
         return RemoteError(
-            f"lost the Dask scheduler ({self.where or 'the cluster'}): {redact(why)}; what "
-            "was confirmed is saved, run the same command again"
+            f"lost the Dask scheduler {self.address}: {why}; what was confirmed is saved, "
+            "run the same command again"
         )
 
     def prepare(self, items: Iterable[TransferItem]) -> None:
