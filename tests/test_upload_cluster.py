@@ -26,8 +26,12 @@ from desimirror.pipeline.upload.cluster import SendSpec, send_chunk
 from desimirror.storage.keys import KeyMap
 from desimirror.storage.transfer import S3Target, TransferItem
 from faultproxy import FaultProxy
-from helpers import DESIMIRROR, assert_clean_error, kill_once, run_cli
-from test_pipeline import assert_bucket_equals_disk, target_args, uploaded_at
+from helpers import assert_clean_error, run_cli
+from test_pipeline import (
+    assert_bucket_equals_disk,
+    kill_upload_then_resume,
+    target_args,
+)
 
 pytestmark = pytest.mark.s3
 
@@ -215,27 +219,8 @@ def test_the_coordinator_killed_mid_run_resumes_without_sending_again(
     db = _copy_of(planned, tmp_path)
     args = [*target_args(db, bucket, s3), "--scheduler", cluster.scheduler.address]
     args += ["--workers", "2", "--json"]
-    victim = subprocess.Popen(
-        [DESIMIRROR, "upload", *args],
-        env=cli_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    kill_once(
-        victim,
-        lambda: len(uploaded_at(db)) >= 20,
-        120,
-        "upload finished before it could be killed: grow the tree",
-    )
-    before = uploaded_at(db)
-    resumed = run_cli("upload", *args, env=cli_env)
-    assert resumed.returncode == 0, resumed.stderr
-    after = uploaded_at(db)
-    # what was confirmed before the kill was not sent again; what was in flight was
-    # adopted (stored by a worker, never recorded) or sent
-    assert all(after[path] == stamp for path, stamp in before.items())
-    report = json.loads(resumed.stdout)
-    assert report["files_sent"] + report["files_adopted"] == len(after) - len(before)
+    # in flight at the kill: chunks on the workers, adopted or sent by the next run
+    after = kill_upload_then_resume(db, args, cli_env)
     assert assert_bucket_equals_disk(s3, bucket, db, KeyMap.build("edr")) == len(after)
 
 
