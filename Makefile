@@ -93,6 +93,7 @@ bench: $(VENV)/.installed $(ECHARTS)
 	$(VENV)/bin/python bench/access_bench.py
 	$(VENV)/bin/python bench/crawl_bench.py
 	$(VENV)/bin/python bench/scale_bench.py
+	$(VENV)/bin/python bench/dask_bench.py
 
 clean-demo:
 	rm -rf demo

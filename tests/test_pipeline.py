@@ -118,38 +118,42 @@ def test_kill_minus_9_then_resume_loses_nothing(
     run_cli("crawl", str(root), "--db", str(db), check=True)
     run_cli("plan", "--db", str(db), "--max-batch-size", "200kB", check=True)
     args = [*target_args(db, bucket, s3), "--workers", "4", "--json"]
-
-    victim = subprocess.Popen(
-        [DESIMIRROR, "upload", *args],
-        env=cli_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    confirmed_before: dict[str, float] = {}
-    kill_once(
-        victim,
-        lambda: len(_uploaded_at(db)) >= 20,
-        120,
-        "upload finished before it could be killed: grow the tree",
-    )
-    confirmed_before = _uploaded_at(db)  # what the db holds after the kill
-    assert len(confirmed_before) > 0
-
-    resumed = run_cli("upload", *args, env=cli_env)
-    assert resumed.returncode == 0, resumed.stderr
-    after = _uploaded_at(db)
-    # files confirmed before the kill were not sent again
-    assert all(after[path] == stamp for path, stamp in confirmed_before.items())
-    report = json.loads(resumed.stdout)
-    # a file stored just before the kill but not yet confirmed is adopted, not sent again
-    assert report["files_sent"] + report["files_adopted"] == len(after) - len(confirmed_before)
+    kill_upload_then_resume(db, args, cli_env)
 
     checked = run_cli("verify", *target_args(db, bucket, s3), env=cli_env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert_bucket_equals_disk(s3, bucket, db, KeyMap.build("edr"))
 
 
-def _uploaded_at(db: Path) -> dict[str, float]:
+def kill_upload_then_resume(db: Path, args: list[str], env: dict) -> dict[str, float]:
+    """``upload ARGS`` (with ``--json``) killed -9 once it has confirmed 20 files, then run
+    again: what was confirmed before the kill is not sent again, and a file stored just
+    before the kill but not yet confirmed is adopted, not sent again. Returns the
+    confirmations after the second run."""
+    victim = subprocess.Popen(
+        [DESIMIRROR, "upload", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    kill_once(
+        victim,
+        lambda: len(uploaded_at(db)) >= 20,
+        120,
+        "upload finished before it could be killed: grow the tree",
+    )
+    before = uploaded_at(db)  # what the db holds after the kill
+    assert len(before) > 0
+    resumed = run_cli("upload", *args, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    after = uploaded_at(db)
+    assert all(after[path] == stamp for path, stamp in before.items())
+    report = json.loads(resumed.stdout)
+    assert report["files_sent"] + report["files_adopted"] == len(after) - len(before)
+    return after
+
+
+def uploaded_at(db: Path) -> dict[str, float]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         conn.execute("PRAGMA busy_timeout = 10000")

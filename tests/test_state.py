@@ -207,3 +207,16 @@ def test_the_first_pinned_target_stays_and_the_endpoint_follows_the_last_run(
     target.pin(manifest, "desidata", keymap, "http://127.0.0.2:9000")
     assert manifest.last_endpoint() == "http://127.0.0.2:9000"
     assert target.pinned_keymap(manifest)[0] == "desidata"
+
+
+def test_what_each_dask_worker_sent_is_kept_per_run(manifest: Manifest) -> None:
+    first = manifest.begin_upload_run()
+    with manifest.atomic():
+        manifest.tick_upload_run(first, 3, 300, {"nid1/0": (2, 200), "nid2/0": (1, 100)})
+    with manifest.atomic():
+        manifest.tick_upload_run(first, 1, 50, {"nid1/0": (1, 50)})
+    assert manifest.latest_run_workers() == [("nid1/0", 3, 250), ("nid2/0", 1, 100)]
+    second = manifest.begin_upload_run()
+    with manifest.atomic():
+        manifest.tick_upload_run(second, 2, 20)  # one node: no worker counts
+    assert manifest.latest_run_workers() == []

@@ -67,6 +67,22 @@ def describe_rate(t: Throughput) -> str:
     return text if t.eta_seconds is None else f"{text}, ETA {format_eta(t.eta_seconds)}"
 
 
+def describe_workers(rates: dict[str, float]) -> str:
+    """``2 workers: nid01/0 120.0 MB/s, nid02/0 118.3 MB/s`` from worker -> bytes per
+    second (with many workers: the range and the slowest one)."""
+    head = plural(len(rates), "worker")
+    if len(rates) <= 4:
+        return f"{head}: " + ", ".join(f"{w} {format_size(rates[w])}/s" for w in sorted(rates))
+    slowest = min(rates, key=rates.__getitem__)
+    low, high = rates[slowest], max(rates.values())
+    return f"{head}: {format_size(low)}/s to {format_size(high)}/s each, slowest {slowest}"
+
+
+def worker_rates(by_worker: dict[str, list[int]], seconds: float) -> dict[str, float]:
+    """worker -> bytes per second, from worker -> [files, bytes] over ``seconds``."""
+    return {w: (b / seconds if seconds > 0 else 0.0) for w, (_f, b) in by_worker.items()}
+
+
 class Progress(Protocol):
     """What a long-running stage reports. Totals may be unknown (None) while crawling."""
 
@@ -81,6 +97,10 @@ class Progress(Protocol):
     def store(self, text: str | None) -> None:
         """What the store answers while it fails (see :mod:`desimirror.storage.health`);
         None once it works again."""
+        ...
+
+    def note(self, text: str) -> None:
+        """A line beside the count that changes as it goes (each Dask worker's rate)."""
         ...
 
     def close(self) -> None: ...
@@ -171,6 +191,9 @@ class NullProgress:
     def store(self, text: str | None) -> None:
         pass
 
+    def note(self, text: str) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -192,6 +215,7 @@ class LineProgress:
         self.closed = False
         self.store_text: str | None = None
         self.store_last = float("-inf")
+        self.note_last = time.monotonic()
 
     def start(self, label: str, files: int | None = None, nbytes: int | None = None) -> None:
         _track_start(label, files)
@@ -241,6 +265,13 @@ class LineProgress:
             self.store_last = now
             print(f"{self.label}: {text}", file=self.stream, flush=True)
 
+    def note(self, text: str) -> None:
+        """Printed with the regular line, at most every interval."""
+        now = time.monotonic()
+        if now - self.note_last >= self.interval:
+            self.note_last = now
+            print(f"{self.label}: {text}", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self.closed:
             return
@@ -283,6 +314,7 @@ class RichProgress:
             DownloadColumn(),
             RateColumn(),
             TextColumn("{task.fields[store]}", style="red"),
+            TextColumn("{task.fields[note]}", markup=False),
             console=console,
             transient=False,
         )
@@ -303,7 +335,9 @@ class RichProgress:
         self._running = True
         self._label, self._phase = label, None
         self._files, self._total_files = 0, files
-        self._task = self._bar.add_task(label, total=nbytes, files=self._files_text(), store="")
+        self._task = self._bar.add_task(
+            label, total=nbytes, files=self._files_text(), store="", note=""
+        )
 
     def phase(self, name: str) -> None:
         if name != self._phase and self._task is not None:
@@ -324,6 +358,10 @@ class RichProgress:
         if self._task is not None and (text or "") != self._store_text:
             self._store_text = text or ""
             self._bar.update(self._task, store=self._store_text)
+
+    def note(self, text: str) -> None:
+        if self._task is not None:
+            self._bar.update(self._task, note=text)
 
     def close(self) -> None:
         if self._running:

@@ -6,7 +6,7 @@ import click
 
 from desimirror.cli.common import db_option, finish, json_option
 from desimirror.pipeline.status import mirror_status
-from desimirror.progress import Throughput, describe_rate
+from desimirror.progress import Throughput, describe_rate, describe_workers
 from desimirror.state.manifest import Manifest
 from desimirror.state.writelock import reader_warning
 from desimirror.storage.health import health_text, validation_text
@@ -57,6 +57,9 @@ def _lines(r: dict) -> list[str]:
         runs = plural(r["upload_runs"], "run")
         average = format_size(r["bytes_per_second_all_runs"])
         lines.append(f"rate     {rate} (latest upload run; {average}/s over {runs})")
+    if r["workers"]:
+        rates = {w["worker"]: w["bytes_per_second"] for w in r["workers"]}
+        lines.append(f"sent by  {describe_workers(rates)} (latest upload run)")
     crawl = r["last_crawl"]
     if crawl and crawl["finished"] is not None:
         lines.append(

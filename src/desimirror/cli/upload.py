@@ -18,7 +18,12 @@ from desimirror.cli.common import (
 from desimirror.errors import DesimirrorError, UsageError
 from desimirror.pipeline.upload import ADOPT_MODES, UploadOptions, UploadSummary, upload
 from desimirror.pipeline.upload.dryrun import dry_run as run_dry
-from desimirror.progress import for_terminal, set_resume_command
+from desimirror.progress import (
+    describe_workers,
+    for_terminal,
+    set_resume_command,
+    worker_rates,
+)
 from desimirror.state.manifest import Manifest
 from desimirror.storage.transfer import BACKENDS, DEFAULT_BACKEND
 from desimirror.text import plural
@@ -101,6 +106,14 @@ from desimirror.units import MiB, format_size
     "(e.g. a full disk, a dead server); what was confirmed stays done.",
 )
 @click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Send on the workers of this Dask scheduler (tcp://HOST:8786), each with --workers "
+    "transfers in flight; this process checks and records. Workers must see the tree at "
+    "the same path and take credentials from their own AWS chain. Needs desimirror[dask].",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Say what would be sent, adopted and skipped, and send nothing: reads the db only "
@@ -129,6 +142,7 @@ def command(
     delete: bool,
     part_size: int,
     give_up_after: float,
+    scheduler: str | None,
     dry_run: bool,
     check_bucket: bool,
     json_output: bool,
@@ -169,6 +183,7 @@ def command(
             delete=delete,
             part_size=part_size,
             give_up_after=give_up_after,
+            scheduler=scheduler,
         )
         if dry_run:
             report = run_dry(manifest, options, check_bucket=check_bucket).as_dict()
@@ -201,15 +216,20 @@ def _resume_argv(db: str, options: UploadOptions, *, pinned: bool = True) -> lis
         argv += ["--backend", options.backend]
     if options.max_batches is not None:
         argv += ["--max-batches", str(options.max_batches)]
+    if options.scheduler is not None:
+        argv += ["--scheduler", options.scheduler]
     return argv
 
 
 def _lines(s: UploadSummary, resume: list[str]) -> list[str]:
+    where = "" if s.ran_on == "here" else f" on {s.ran_on}"
     lines = [
         f"sent {plural(s.files_sent, 'file')}, {format_size(s.bytes_sent)} in "
-        f"{s.seconds:,.1f}s ({format_size(s.rate)}/s) with {s.backend}; "
+        f"{s.seconds:,.1f}s ({format_size(s.rate)}/s) with {s.backend}{where}; "
         f"batches: {s.batches_done:,}/{s.batches_total:,} complete"
     ]
+    if s.workers:
+        lines.append(f"sent by {describe_workers(worker_rates(s.workers, s.seconds))}")
     if s.files_adopted:
         how = "by size only (content unproven)" if s.adopt_mode == "size" else "with checksum"
         lines.append(

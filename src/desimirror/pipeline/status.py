@@ -31,6 +31,17 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
     # as of the last upload run: recomputing it here would cost a query per batch
     batches_total, batches_done = manifest.batch_counts()
     crawl = manifest.last_crawl()
+    workers = [
+        {
+            "worker": worker,
+            "files": files,
+            "bytes": nbytes,
+            "bytes_per_second": round(
+                throughput(nbytes, runs.last_seconds, None).bytes_per_second, 1
+            ),
+        }
+        for worker, files, nbytes in manifest.latest_run_workers()
+    ]
     proofs = manifest.proof_counts()
     adopted = manifest.adopted_count()
     gone = manifest.gone_count()
@@ -64,6 +75,7 @@ def mirror_status(manifest: Manifest) -> dict[str, object]:
         "bytes_per_second": round(latest.bytes_per_second, 1),
         "eta_seconds": None if latest.eta_seconds is None else round(latest.eta_seconds),
         "bytes_per_second_all_runs": round(average, 1),
+        "workers": workers,
         "last_crawl": None
         if crawl is None
         else {

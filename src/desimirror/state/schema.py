@@ -139,11 +139,29 @@ def _running_counts(conn: sqlite3.Connection) -> None:
     )
 
 
+def _worker_counts(conn: sqlite3.Connection) -> None:
+    """4: what each Dask worker of an upload run sent (``upload --scheduler``), so that
+    ``status`` shows the throughput per worker; one row per run and worker, not per file."""
+    _run(
+        conn,
+        """
+        CREATE TABLE IF NOT EXISTS upload_run_workers (
+            run_id INTEGER NOT NULL,      -- upload_runs.id
+            worker TEXT NOT NULL,         -- host/name of the Dask worker
+            files INTEGER NOT NULL DEFAULT 0,
+            bytes INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (run_id, worker)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 #: Migration N brings a db from user_version N-1 to N.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _content_proof,
     _file_identity,
     _running_counts,
+    _worker_counts,
 )
 LATEST = len(MIGRATIONS)
 

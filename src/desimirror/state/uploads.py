@@ -4,7 +4,7 @@ was proven, failures and their reasons, upload runs, and which files are still p
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from desimirror.state import tallies
 from desimirror.state.entries import EntryTables
@@ -156,13 +156,34 @@ class UploadTables(EntryTables):
             cur = conn.execute("INSERT INTO upload_runs (started) VALUES (?)", (time.time(),))
         return int(cur.lastrowid)
 
-    def tick_upload_run(self, run_id: int, files: int, nbytes: int) -> None:
-        """Add confirmed work to a run and stamp its end; inside atomic, with the uploads."""
+    def tick_upload_run(
+        self,
+        run_id: int,
+        files: int,
+        nbytes: int,
+        by_worker: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """Add confirmed work to a run and stamp its end; inside atomic, with the uploads.
+        ``by_worker``: worker -> (files, bytes) of that work sent by each Dask worker."""
         self.conn.execute(
             "UPDATE upload_runs SET files = files + ?, bytes = bytes + ?, finished = ?"
             " WHERE id = ?",
             (files, nbytes, time.time(), run_id),
         )
+        self.conn.executemany(
+            "INSERT INTO upload_run_workers (run_id, worker, files, bytes) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (run_id, worker) DO UPDATE SET files = files + excluded.files,"
+            " bytes = bytes + excluded.bytes",
+            [(run_id, w, f, b) for w, (f, b) in (by_worker or {}).items()],
+        )
+
+    def latest_run_workers(self) -> list[tuple[str, int, int]]:
+        """(worker, files, bytes) each Dask worker sent in the latest upload run (empty for
+        a run on one node)."""
+        return self.conn.execute(
+            "SELECT worker, files, bytes FROM upload_run_workers WHERE run_id ="
+            " (SELECT max(id) FROM upload_runs WHERE finished IS NOT NULL) ORDER BY worker"
+        ).fetchall()
 
     # -- files gone from the source ---------------------------------------------------------
 

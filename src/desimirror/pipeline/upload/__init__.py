@@ -32,7 +32,8 @@ Files gone from the source since they were mirrored are reported; ``--delete`` r
 their objects (see :mod:`desimirror.pipeline.prune`).
 
 The parts: :mod:`.options` (what a run is asked, and what it did), :mod:`.uploader`
-(checking, adopting and sending each batch), :mod:`.recorder` (outcomes into the db).
+(checking, adopting and sending each batch), :mod:`.recorder` (outcomes into the db),
+:mod:`.cluster` (the transfers on a Dask cluster's workers, ``--scheduler``).
 """
 
 from __future__ import annotations
@@ -40,11 +41,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 from desimirror.errors import IncompleteError, RemoteError, UsageError
 from desimirror.integrity.prehash import Prehasher
 from desimirror.integrity.published import sync_published
 from desimirror.integrity.sourcetree import SourceTree
+from desimirror.pipeline.executors import dask_client
+from desimirror.pipeline.upload.cluster import ClusterBackend, SendSpec, check_backend
 from desimirror.pipeline.upload.options import (
     ADOPT_MODES,
     UploadOptions,
@@ -71,11 +75,29 @@ def upload(
     sleep: Callable[[float], None] = time.sleep,
 ) -> UploadSummary:
     """Upload every pending file of the plan, batch by batch; see the module docstring.
+    With ``options.scheduler``, the transfers run on that Dask cluster's workers
+    (:mod:`.cluster`) and this process records them, as it does its own.
 
     Raises :class:`IncompleteError` (after recording everything) when files failed, and
     :class:`RemoteError` when the store answered nothing but failures for
-    ``give_up_after`` seconds (see :mod:`desimirror.storage.health`).
+    ``give_up_after`` seconds (see :mod:`desimirror.storage.health`), or the scheduler
+    was lost.
     """
+    if options.scheduler is None:
+        return _upload(manifest, options, None, progress=progress, sleep=sleep)
+    check_backend(options.backend)
+    with dask_client(options.scheduler) as cluster:
+        return _upload(manifest, options, cluster, progress=progress, sleep=sleep)
+
+
+def _upload(
+    manifest: Manifest,
+    options: UploadOptions,
+    cluster: tuple[Any, str] | None,
+    *,
+    progress: Progress | None,
+    sleep: Callable[[float], None],
+) -> UploadSummary:
     from desimirror.pipeline.prune import prune_gone
     from desimirror.storage.s3client import check_bucket, make_client
 
@@ -122,16 +144,30 @@ def upload(
         )
     hasher = Prehasher(options.hash_threads, tree)
     lookup = ObjectLookup(client, options.target.bucket, workers=16, sleep=sleep)
-    backend = with_proof(
-        transfer.get(options.backend, options.target, options.workers, part_size=options.part_size),
-        lookup=lookup,
-        hasher=hasher,
-        tree=tree,
-        part_size=options.part_size,
-        chunk_files=options.chunk_files,
-        chunk_bytes=options.chunk_bytes,
-        on_phase=progress.phase,
-    )
+    backend: transfer.TransferBackend
+    if cluster is not None:
+        dask, summary.ran_on = cluster
+        spec = SendSpec(
+            options.backend,
+            options.target,
+            options.workers,
+            options.part_size,
+            _crawled_dev(manifest),
+        )
+        backend = ClusterBackend(dask, spec, address=options.scheduler or "")
+    else:
+        backend = with_proof(
+            transfer.get(
+                options.backend, options.target, options.workers, part_size=options.part_size
+            ),
+            lookup=lookup,
+            hasher=hasher,
+            tree=tree,
+            part_size=options.part_size,
+            chunk_files=options.chunk_files,
+            chunk_bytes=options.chunk_bytes,
+            on_phase=progress.phase,
+        )
     limiter = backend.concurrency
     uploader = Uploader(
         options=options,
@@ -144,7 +180,7 @@ def upload(
         progress=progress,
         sleep=sleep,
     )
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     gave_up: str | None = None
     try:
         for number, (batch_id, _nbytes, _nfiles, paths) in enumerate(batches):
@@ -175,6 +211,9 @@ def upload(
         tree.close()
         progress.close()
         summary.seconds = time.monotonic() - started
+        summary.cpu_seconds = time.process_time() - cpu_started
+        if isinstance(backend, ClusterBackend):
+            summary.worker_cpu_seconds = backend.worker_cpu_seconds
         summary.bytes_hashed, summary.hash_seconds = hasher.bytes, hasher.seconds
         summary.concurrency = limiter.as_dict()
         _note_validation(manifest, backend, summary)

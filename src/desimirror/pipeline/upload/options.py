@@ -36,6 +36,8 @@ class UploadOptions:
     chunk_bytes: int = 8 << 30
     #: Give up (exit 4) after this long in which the store answered nothing but failures.
     give_up_after: float = DEFAULT_GIVE_UP_SECONDS
+    #: Send on the workers of this Dask scheduler (tcp://HOST:8786) instead of here.
+    scheduler: str | None = None
 
 
 @dataclass
@@ -71,6 +73,13 @@ class UploadSummary:
     checksums: dict[str, object] = field(default_factory=dict)
     #: How each file confirmed in this run was tied to its bytes (proof -> files).
     proven_by: dict[str, int] = field(default_factory=dict)
+    #: Where the transfers ran: "here", or the Dask cluster ("Dask at tcp://... (N workers)").
+    ran_on: str = "here"
+    #: worker -> [files, bytes] each Dask worker sent (empty on one node).
+    workers: dict[str, list[int]] = field(default_factory=dict)
+    #: CPU seconds of this process and of the workers' processes while sending (cluster).
+    cpu_seconds: float = 0.0
+    worker_cpu_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -83,6 +92,9 @@ class UploadSummary:
         report["bytes_per_second"] = round(self.rate, 1)
         report["backoff_seconds"] = round(self.backoff_seconds, 3)
         report["hash_seconds"] = round(self.hash_seconds, 3)
+        report["cpu_seconds"] = round(self.cpu_seconds, 3)
+        report["worker_cpu_seconds"] = round(self.worker_cpu_seconds, 3)
+        report["workers"] = {w: {"files": f, "bytes": b} for w, (f, b) in self.workers.items()}
         return report
 
 

@@ -35,9 +35,19 @@ class Recorder:
         self.last_commit = time.monotonic()
         self.last_wal_check = self.last_commit
         self.health: StoreHealth | None = None  # kept in the db at each commit, for status
+        #: worker -> [files, bytes] sent by each Dask worker since the last commit
+        self.by_worker: dict[str, list[int]] = {}
 
-    def confirmed(self, record: UploadRecord, *, counted_as_adopted: bool) -> None:
+    def confirmed(
+        self, record: UploadRecord, *, counted_as_adopted: bool, worker: str | None = None
+    ) -> None:
+        """A file proven in the bucket; ``worker``: the Dask worker that sent it, if any."""
         self.done.append(record)
+        if worker is not None and not counted_as_adopted:
+            for counts in (self.by_worker, self.summary.workers):
+                tally = counts.setdefault(worker, [0, 0])
+                tally[0] += 1
+                tally[1] += record.size
         proven = self.summary.proven_by
         proven[record.proof] = proven.get(record.proof, 0) + 1
         if counted_as_adopted:
@@ -71,13 +81,18 @@ class Recorder:
                 self.manifest.record_mirrored(self.done)
                 for path, reason, message in self.failed:
                     self.manifest.record_failure(path, reason, message)
-                self.manifest.tick_upload_run(self.run_id, len(sent), sum(r.size for r in sent))
+                self.manifest.tick_upload_run(
+                    self.run_id,
+                    len(sent),
+                    sum(r.size for r in sent),
+                    {w: (f, b) for w, (f, b) in self.by_worker.items()},
+                )
                 if self.health is not None:
                     self.manifest.record_store_note("health", self.health.as_dict())
         except Exception:  # cannot be recorded (db gone, disk full): the next run adopts them
-            self.done, self.failed = [], []
+            self.done, self.failed, self.by_worker = [], [], {}
             raise
-        self.done, self.failed = [], []
+        self.done, self.failed, self.by_worker = [], [], {}
         self.last_commit = time.monotonic()
         if self.last_commit - self.last_wal_check >= WAL_CHECK_SECONDS:
             self.last_wal_check = self.last_commit

@@ -4,6 +4,7 @@ with backoff, and its outcome handed to the :class:`~.recorder.Recorder`."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from desimirror.integrity.prehash import FileChanged, Prehasher
 from desimirror.integrity.sourcetree import SourceRefused, SourceTree, unreadable
 from desimirror.pipeline.upload.options import UploadOptions
 from desimirror.pipeline.upload.recorder import Recorder
-from desimirror.progress import Progress
+from desimirror.progress import Progress, describe_workers, worker_rates
 from desimirror.retrying import backoff_delay
 from desimirror.state.manifest import MISMATCH, Entry, Manifest, UploadRecord
 from desimirror.storage import transfer
@@ -79,6 +80,7 @@ class Uploader:
         self.health = StoreHealth(options.give_up_after)
         recorder.health = self.health
         self.mismatched = recorder.manifest.paths_failed_for(MISMATCH)
+        self.started = self.noted = time.monotonic()
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -208,8 +210,23 @@ class Uploader:
             ino=entry.ino,
             dev=entry.dev,
         )
-        self.recorder.confirmed(record, counted_as_adopted=adopted and not job.sent)
+        self.recorder.confirmed(
+            record,
+            counted_as_adopted=adopted and not job.sent,
+            worker=result.worker if result is not None else None,
+        )
         self.progress.advance(1, entry.size)
+        if result is not None and result.worker is not None:
+            self._note_workers()
+
+    def _note_workers(self) -> None:
+        """Each Dask worker's throughput beside the bar, at most once a second."""
+        now = time.monotonic()
+        if now - self.noted >= 1.0:
+            self.noted = now
+            self.progress.note(
+                describe_workers(worker_rates(self.summary.workers, now - self.started))
+            )
 
     # -- adopting what the bucket already holds ----------------------------------------
 

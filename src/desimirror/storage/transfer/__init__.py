@@ -35,6 +35,7 @@ __all__ = [
     "TransferItem",
     "TransferResult",
     "get",
+    "get_class",
 ]
 
 
@@ -44,6 +45,12 @@ def get(
     """The backend called ``name``, sending to ``target`` with ``workers`` transfers at once
     and files larger than ``part_size`` in parts of that size. Every option reaches a
     backend here, through its constructor."""
+    return get_class(name)(target, workers, part_size=part_size)
+
+
+def get_class(name: str) -> type:
+    """The class of the backend called ``name``, imported now (its attributes, such as
+    ``sends_checksums``, say what it can do before one is built)."""
     try:
         module_name, class_name, hint = BACKENDS[name]
     except KeyError:
@@ -52,4 +59,4 @@ def get(
         module = import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"backend {name!r} is not available ({exc}); {hint}") from None
-    return getattr(module, class_name)(target, workers, part_size=part_size)
+    return getattr(module, class_name)

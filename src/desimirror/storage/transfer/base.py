@@ -74,6 +74,7 @@ class TransferResult:
     proof: str | None = None
     reason: str | None = None
     throttled: bool = False
+    worker: str | None = None  # where it was sent from, when not from this process
 
 
 class TransferBackend(Protocol):
