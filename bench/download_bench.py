@@ -33,10 +33,11 @@ from upload_bench import (
     Result,
     Tree,
     add_ratios,
-    best_run,
+    add_round_ratios,
     format_table,
     log,
     make_large_tree,
+    median_run,
     process_cpu_seconds,
     run_timed,
 )
@@ -249,8 +250,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     for tool in order:
                         runs[tool].append(bench.run(name, tool, root))
                         log(f"{name}: {tool} {runs[tool][-1].seconds:.2f}s")
-                results = [best_run(runs[t]) for t in TOOLS]
+                results = [median_run(runs[t]) for t in TOOLS]
                 add_ratios(results, "s5cmd sync")
+                add_round_ratios(results, runs, "s5cmd sync")
                 report["workloads"][name] = {"results": results}
         report["loadavg_at_end"] = round(os.getloadavg()[0], 2)
     finally:
@@ -298,7 +300,7 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
         f"\ndesimirror download benchmark, {report['date']}, {report['cpus']} CPUs (load "
         f"average {report['loadavg_at_start']} at start, {report.get('loadavg_at_end')} at "
         f"end); every tool unsigned at {report['workers']} concurrent transfers into a fresh "
-        f"directory; best of {report['repeat']} run(s)"
+        f"directory; median of {report['repeat']} run(s)"
     )
     for name, w in report["workloads"].items():
         results: list[Result] = w["results"]
@@ -309,6 +311,9 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
                 print(f"  (!) {r.tool}: {note}")
             if "all_seconds" in r.extra:
                 print(f"  {r.tool}: every run {'/'.join(map(str, r.extra['all_seconds']))} s")
+            if "round_ratios" in r.extra:
+                ratios = "/".join(f"{x:.2f}" for x in r.extra["round_ratios"])
+                print(f"  {r.tool}: × sync in each round {ratios}")
         dm = next(r for r in results if r.tool == "desimirror download")
         proofs = ", ".join(f"{k} {v:,}" for k, v in sorted(dm.extra.get("proofs", {}).items()))
         print(f"  desimirror download: proven {proofs or 'nothing'}")
@@ -324,7 +329,10 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
                 f"  target desimirror download >= {TARGET_RATIO:.2f}x s5cmd sync with every "
                 f"file proven: {verdict} ({dm.ratio_mb_s:.2f}x)"
             )
-    print("\n× sync: MB/s relative to s5cmd sync in the same run; cpu s: the client's user+sys.")
+    print(
+        "\n× sync: MB/s relative to s5cmd sync (with rounds: the median of each round's "
+        "ratio); cpu s: the client's user+sys."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
