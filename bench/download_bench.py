@@ -167,7 +167,9 @@ class DownloadBench:
         if tool == "desimirror download":
             report = _json(run.stdout) or {}
             extra["proofs"] = report.get("proofs", {})
-            proven = sum(extra["proofs"].values())
+            # the release's links to its files come back as links, their targets proven
+            extra["links"] = sum((dest / root.name / k).is_symlink() for k in source)
+            proven = sum(extra["proofs"].values()) + extra["links"]
             if proven < len(source):
                 notes.append(f"only {proven:,} of {len(source):,} files proven")
         return Result(
@@ -187,8 +189,9 @@ class DownloadBench:
 
 
 def _source_files(root: Path) -> dict[str, tuple[int, str]]:
-    """What a copy must hold: the regular files and the in-tree links to files (which
-    every tool gets as copies: desimirror uploads them so), by relative path."""
+    """What a copy must hold: the regular files and the in-tree links to files (uploaded
+    as copies; the sync tools get copies, desimirror download the link again from the
+    published manifest), by relative path."""
     tree = Tree.scan(root)
     out = {}
     for key in (*tree.regular, *tree.file_links):
@@ -316,7 +319,11 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
                 print(f"  {r.tool}: × sync in each round {ratios}")
         dm = next(r for r in results if r.tool == "desimirror download")
         proofs = ", ".join(f"{k} {v:,}" for k, v in sorted(dm.extra.get("proofs", {}).items()))
-        print(f"  desimirror download: proven {proofs or 'nothing'}")
+        links = dm.extra.get("links", 0)
+        print(
+            f"  desimirror download: proven {proofs or 'nothing'}"
+            + (f"; {links:,} links to files recreated as links" if links else "")
+        )
         if "noop_seconds" in dm.extra:
             noop = dm.extra.get("noop_report") or {}
             print(

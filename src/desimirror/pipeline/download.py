@@ -17,9 +17,19 @@ What a file must be (the reference), strongest first:
    part size a ``HEAD ?partNumber=1`` reports).
 
 Each object is streamed into ``.NAME.desimirror-part`` in its own directory while it is
-hashed (one pass, :func:`desimirror.integrity.checksums.hash_stream`); only when the
-digest proves it is the file given its mtime and renamed over ``NAME``. A file that
-fails its proof is deleted: nothing unproven ever carries a final name.
+hashed (one pass, :func:`desimirror.integrity.checksums.hash_stream`); a large one in
+parallel ranges, each written at its offset as it arrives and hashed, in order, from the
+page cache once written (:class:`_Ranges`). Only when the digest proves it is the file
+given its mtime and renamed over ``NAME``. A file that fails its proof is deleted:
+nothing unproven ever carries a final name.
+
+Symlinks: the published manifest records the release's own (``link_kind`` ``file`` or
+``dir``); each is made again, after the files, pointing where it pointed, its relative
+target rewritten for the bucket's layout, when what it points at is downloaded too. A
+link to a file whose target is not downloaded is fetched as the copy the bucket holds;
+links out of the release, broken or absolute are not made. Nothing is written beneath a
+link of the release (a manifest naming a file there is refused for it: a crawl never
+descends a link, and the link may lead out of DIR); links a user made in DIR are theirs.
 
 Resuming: how a completed file is recognised. Every proven file is appended to a small
 record, ``DIR/.desimirror-download/done.tsv`` (key, size, mtime, what it was proven
@@ -38,7 +48,6 @@ run loses no line the kernel received; one run per directory at a time (a write 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import fnmatch
 import io
@@ -249,6 +258,7 @@ class _Plan:
     warnings: list[str] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)  # the release's symlinks, recreated
     links_skipped: int = 0  # outside the release, broken, or absolute: not recreated
+    refused: list[str] = field(default_factory=list)  # keys beneath a link of the release
 
 
 @dataclass(frozen=True)
@@ -272,6 +282,28 @@ def _link(keymap: KeyMap, path: str, link_target: str | None, kind: str | None) 
         return None
     key, target_key = keymap.key(path), keymap.key(pointed)
     return Link(key, posixpath.relpath(target_key, posixpath.dirname(key)), target_key)
+
+
+def _refuse_beneath_links(plan: _Plan) -> None:
+    """Files and directories whose path goes through one of the release's links are left
+    out (a real release has none: its crawl never descends a link), so that nothing is
+    ever written through a link this download makes, which may lead out of DIR."""
+    links = {link.key for link in plan.links}
+    if not links:
+        return
+
+    def beneath(key: str) -> bool:
+        parent = posixpath.dirname(key)
+        while parent:
+            if parent in links:
+                return True
+            parent = posixpath.dirname(parent)
+        return False
+
+    refused = [w.key for w in plan.wanted if beneath(w.key)]
+    plan.wanted = [w for w in plan.wanted if not beneath(w.key)]
+    plan.dirs = [d for d in plan.dirs if not beneath(d)]
+    plan.refused.extend(refused)
 
 
 def _settle_links(plan: _Plan, candidates: list[tuple[Link, Wanted | None]]) -> None:
@@ -392,6 +424,7 @@ def _manifest_plan(path: Path, subdir: str, include: tuple[str, ...]) -> _Plan:
             elif entry.type == "d" and not include:
                 plan.dirs.append(keymap.key(path_in_release))
     _settle_links(plan, candidates)
+    _refuse_beneath_links(plan)
     plan.meta = [
         (key, (path if key.endswith(".gz") else path.parent / "manifest.json").read_bytes())
         for key in manifest_keys_for(release)
@@ -549,13 +582,9 @@ _made_dirs: set[Path] = set()
 
 
 def _ensure_dir(path: Path) -> None:
-    """``mkdir -p`` once per directory and run, not once per file (a syscall each),
-    refusing a directory reached through a symlink (the destination is resolved first):
-    a file is never written through a link, one the release had or any other."""
+    """``mkdir -p`` once per directory and run, not once per file (a syscall each)."""
     if path not in _made_dirs:
         path.mkdir(parents=True, exist_ok=True)
-        if os.path.realpath(path) != str(path):
-            raise _Refused(f"{path} is reached through a symlink: nothing is written there")
         _made_dirs.add(path)
 
 
@@ -807,8 +836,6 @@ def download(options: DownloadOptions, progress: Progress | None = None) -> Down
     Raises :class:`IncompleteError` (exit 5) with the report when some files failed.
     """
     progress = progress or NullProgress()
-    # resolved: a directory reached through a symlink beneath it is then refused
-    options = dataclasses.replace(options, dest=options.dest.absolute().resolve())
     t = options.target
     report = DownloadReport(
         source=f"s3://{t.bucket}/{options.prefix}", dest=str(options.dest), dry_run=options.dry_run
@@ -870,6 +897,8 @@ def _run(
         )
     report.warnings.extend(plan.warnings)
     report.links, report.links_not_recreated = len(plan.links), plan.links_skipped
+    for key in plan.refused:
+        _failed(report, key, f"{key} lies beneath a symlink of the release: not written")
     report.files = len(plan.wanted)
     report.bytes = sum(w.size for w in plan.wanted)
     record = Record(options.dest)
