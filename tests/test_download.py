@@ -323,3 +323,31 @@ def test_the_releases_symlinks_are_recreated_where_what_they_point_at_is_downloa
     assert (only / "edr/d1/raw.fits.fz").read_bytes() == exposure.read_bytes()
     assert os.readlink(only / "edr/d1/chain.fits") == "raw.fits.fz"
     assert not os.path.lexists(only / "edr/d1/same")  # its directory is not downloaded
+
+
+def test_a_manifest_naming_files_beneath_a_link_of_its_own_has_them_refused(
+    tmp_path: Path,
+) -> None:
+    """A crawl never descends a link, so a manifest with a file beneath one is not a
+    release's: the file is refused rather than written through the link it makes."""
+    import gzip
+
+    from desimirror.pipeline.download import _plan_from_manifest
+
+    lines = [
+        "#desimirror-manifest\t1",
+        "#prefix\tedr",
+        "l\tout\t\t1\t\t\t\t/etc\toutside",
+        "l\tsame\t\t1\t\t\t\tx\tdir",
+        "f\tsame/evil\t3\t1\t" + "a" * 64 + "\tc\t\t\t",
+        "d\tx\t\t1\t\t\t\t\t",
+        "f\tx/f\t3\t1\t" + "b" * 64 + "\tc\t\t\t",
+    ]
+    path = tmp_path / "manifest.tsv.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    (tmp_path / "manifest.json").write_text("{}")
+    plan = _plan_from_manifest(path, "", ())
+    assert [w.key for w in plan.wanted] == ["edr/x/f"]
+    assert [(link.key, link.target) for link in plan.links] == [("edr/same", "x")]
+    assert plan.refused == ["edr/same/evil"]
+    assert plan.links_skipped == 1
