@@ -33,10 +33,11 @@ from upload_bench import (
     Result,
     Tree,
     add_ratios,
-    best_run,
+    add_round_ratios,
     format_table,
     log,
     make_large_tree,
+    median_run,
     process_cpu_seconds,
     run_timed,
 )
@@ -166,7 +167,9 @@ class DownloadBench:
         if tool == "desimirror download":
             report = _json(run.stdout) or {}
             extra["proofs"] = report.get("proofs", {})
-            proven = sum(extra["proofs"].values())
+            # the release's links to its files come back as links, their targets proven
+            extra["links"] = sum((dest / root.name / k).is_symlink() for k in source)
+            proven = sum(extra["proofs"].values()) + extra["links"]
             if proven < len(source):
                 notes.append(f"only {proven:,} of {len(source):,} files proven")
         return Result(
@@ -186,8 +189,9 @@ class DownloadBench:
 
 
 def _source_files(root: Path) -> dict[str, tuple[int, str]]:
-    """What a copy must hold: the regular files and the in-tree links to files (which
-    every tool gets as copies: desimirror uploads them so), by relative path."""
+    """What a copy must hold: the regular files and the in-tree links to files (uploaded
+    as copies; the sync tools get copies, desimirror download the link again from the
+    published manifest), by relative path."""
     tree = Tree.scan(root)
     out = {}
     for key in (*tree.regular, *tree.file_links):
@@ -249,8 +253,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     for tool in order:
                         runs[tool].append(bench.run(name, tool, root))
                         log(f"{name}: {tool} {runs[tool][-1].seconds:.2f}s")
-                results = [best_run(runs[t]) for t in TOOLS]
+                results = [median_run(runs[t]) for t in TOOLS]
                 add_ratios(results, "s5cmd sync")
+                add_round_ratios(results, runs, "s5cmd sync")
                 report["workloads"][name] = {"results": results}
         report["loadavg_at_end"] = round(os.getloadavg()[0], 2)
     finally:
@@ -298,7 +303,7 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
         f"\ndesimirror download benchmark, {report['date']}, {report['cpus']} CPUs (load "
         f"average {report['loadavg_at_start']} at start, {report.get('loadavg_at_end')} at "
         f"end); every tool unsigned at {report['workers']} concurrent transfers into a fresh "
-        f"directory; best of {report['repeat']} run(s)"
+        f"directory; median of {report['repeat']} run(s)"
     )
     for name, w in report["workloads"].items():
         results: list[Result] = w["results"]
@@ -309,9 +314,16 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
                 print(f"  (!) {r.tool}: {note}")
             if "all_seconds" in r.extra:
                 print(f"  {r.tool}: every run {'/'.join(map(str, r.extra['all_seconds']))} s")
+            if "round_ratios" in r.extra:
+                ratios = "/".join(f"{x:.2f}" for x in r.extra["round_ratios"])
+                print(f"  {r.tool}: × sync in each round {ratios}")
         dm = next(r for r in results if r.tool == "desimirror download")
         proofs = ", ".join(f"{k} {v:,}" for k, v in sorted(dm.extra.get("proofs", {}).items()))
-        print(f"  desimirror download: proven {proofs or 'nothing'}")
+        links = dm.extra.get("links", 0)
+        print(
+            f"  desimirror download: proven {proofs or 'nothing'}"
+            + (f"; {links:,} links to files recreated as links" if links else "")
+        )
         if "noop_seconds" in dm.extra:
             noop = dm.extra.get("noop_report") or {}
             print(
@@ -324,7 +336,10 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
                 f"  target desimirror download >= {TARGET_RATIO:.2f}x s5cmd sync with every "
                 f"file proven: {verdict} ({dm.ratio_mb_s:.2f}x)"
             )
-    print("\n× sync: MB/s relative to s5cmd sync in the same run; cpu s: the client's user+sys.")
+    print(
+        "\n× sync: MB/s relative to s5cmd sync (with rounds: the median of each round's "
+        "ratio); cpu s: the client's user+sys."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

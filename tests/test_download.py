@@ -215,6 +215,7 @@ def test_without_a_manifest_the_releases_sha256sum_listings_prove_the_files(
     root = tmp_path / "edr"
     files = random_files(31, 12, dirs=2)
     files["d0/big.fits"] = os.urandom(17 << 20)  # fetched in ranges, proven as one
+    files["d0/big-bad.fits"] = os.urandom(17 << 20)  # in ranges too, and damaged in the bucket
     make_release(root, files)
     (root / "unlisted").mkdir()
     (root / "unlisted/multipart.fits").write_bytes(os.urandom(12 << 20))
@@ -228,13 +229,18 @@ def test_without_a_manifest_the_releases_sha256sum_listings_prove_the_files(
     victim = "d1/sub1/f0007.fits"
     good = (root / victim).read_bytes()
     client.put_object(Bucket=bucket, Key=f"edr/{victim}", Body=good[::-1])
+    big = bytearray((root / "d0/big-bad.fits").read_bytes())
+    big[len(big) // 2] ^= 0xFF  # one byte, in a middle range
+    client.put_object(Bucket=bucket, Key="edr/d0/big-bad.fits", Body=bytes(big))
     dest = tmp_path / "copy"
     proc, report = _download(f"s3://{bucket}/edr", dest, s3.endpoint_url, cli_env)
     assert proc.returncode == 5, proc.stderr  # the object's own ETag matches; the listing not
     assert report["reference"] == "listing"
-    assert [f["key"] for f in report["failures"]] == [f"edr/{victim}"]
-    assert not (dest / "edr" / victim).exists()
-    wanted = [p for p in _release_paths(root) if p != victim]
+    refused = {f"edr/{victim}", "edr/d0/big-bad.fits"}
+    assert {f["key"] for f in report["failures"]} == refused, report["failures"]
+    assert not any((dest / key).exists() for key in refused)
+    assert not list(dest.rglob(f"*{PART}"))
+    wanted = [p for p in _release_paths(root) if p not in (victim, "d0/big-bad.fits")]
     for rel in wanted:
         assert (dest / "edr" / rel).read_bytes() == (root / rel).read_bytes()
     listed = [p for p in wanted if not p.endswith(".sha256sum") and "unlisted" not in p]
@@ -260,3 +266,88 @@ def test_bad_input_is_one_line(
     proc = run_cli("download", *argv, "--endpoint-url", s3.endpoint_url, env=cli_env)
     assert proc.returncode == 2
     assert_clean_error(proc, fragment)
+
+
+def test_the_releases_symlinks_are_recreated_where_what_they_point_at_is_downloaded(
+    tmp_path: Path, s3, bucket: str, cli_env: dict
+) -> None:
+    root = tmp_path / "edr"
+    make_release(root, random_files(41, 6, dirs=2))
+    exposure = root / "spectro/data/20201214/desi-1.fits.fz"
+    exposure.parent.mkdir(parents=True)
+    exposure.write_bytes(os.urandom(5000))
+    links = {  # path -> target, as `readlink` shows them
+        "d0/latest.fits": "sub0/f0000.fits",  # a file beside
+        "d1/raw.fits.fz": "../spectro/data/20201214/desi-1.fits.fz",  # into a remapped area
+        "d1/chain.fits": "raw.fits.fz",  # a link to a link
+        "d1/same": "../d0",  # a directory
+    }
+    for path, target in {**links, "d0/gone": "nothing", "d0/etc": "/etc"}.items():
+        (root / path).symlink_to(target)
+    db = tmp_path / "m.db"
+    target = ["--db", str(db), "--bucket", f"s3://{bucket}", "--endpoint-url", s3.endpoint_url]
+    env = {**os.environ, **s3.env}
+    run_cli("crawl", str(root), "--db", str(db), check=True)
+    run_cli("plan", "--db", str(db), check=True)
+    remaps = [arg for rule in REMAP for arg in ("--remap", rule)]
+    run_cli("upload", *target, *remaps, "--backend", "native", env=env, check=True)
+    run_cli("manifest", "publish", *target, env=env, check=True)
+    dest = tmp_path / "copy"
+    proc, report = _download(f"s3://{bucket}/edr", dest, s3.endpoint_url, cli_env)
+    assert proc.returncode == 0, proc.stderr
+    assert (report["links"], report["links_created"], report["links_not_recreated"]) == (4, 4, 2)
+    assert os.readlink(dest / "edr/d0/latest.fits") == "sub0/f0000.fits"
+    # the bucket's layout moved the exposure: the link follows it
+    assert (
+        os.readlink(dest / "edr/d1/raw.fits.fz") == "../../raw_spectro_data/20201214/desi-1.fits.fz"
+    )
+    assert os.readlink(dest / "edr/d1/chain.fits") == "raw.fits.fz"
+    for path in links:
+        assert (dest / "edr" / path).exists(), path
+    assert (dest / "edr/d1/chain.fits").read_bytes() == exposure.read_bytes()
+    assert (dest / "edr/d1/same/sub0/f0000.fits").read_bytes() == (
+        root / "d0/sub0/f0000.fits"
+    ).read_bytes()
+    assert not os.path.lexists(dest / "edr/d0/gone")
+    assert not os.path.lexists(dest / "edr/d0/etc")
+    again, report = _download(f"s3://{bucket}/edr", dest, s3.endpoint_url, cli_env)
+    assert again.returncode == 0, again.stderr
+    assert (report["links"], report["links_created"], report["files_fetched"]) == (4, 0, 0)
+    # a link whose target is not downloaded is the file itself, as the bucket holds it
+    only = tmp_path / "only"
+    proc, report = _download(
+        f"s3://{bucket}/edr", only, s3.endpoint_url, cli_env, "--include", "d1/*"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (only / "edr/d1/raw.fits.fz").is_symlink()
+    assert (only / "edr/d1/raw.fits.fz").read_bytes() == exposure.read_bytes()
+    assert os.readlink(only / "edr/d1/chain.fits") == "raw.fits.fz"
+    assert not os.path.lexists(only / "edr/d1/same")  # its directory is not downloaded
+
+
+def test_a_manifest_naming_files_beneath_a_link_of_its_own_has_them_refused(
+    tmp_path: Path,
+) -> None:
+    """A crawl never descends a link, so a manifest with a file beneath one is not a
+    release's: the file is refused rather than written through the link it makes."""
+    import gzip
+
+    from desimirror.pipeline.download import _plan_from_manifest
+
+    lines = [
+        "#desimirror-manifest\t1",
+        "#prefix\tedr",
+        "l\tout\t\t1\t\t\t\t/etc\toutside",
+        "l\tsame\t\t1\t\t\t\tx\tdir",
+        "f\tsame/evil\t3\t1\t" + "a" * 64 + "\tc\t\t\t",
+        "d\tx\t\t1\t\t\t\t\t",
+        "f\tx/f\t3\t1\t" + "b" * 64 + "\tc\t\t\t",
+    ]
+    path = tmp_path / "manifest.tsv.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    (tmp_path / "manifest.json").write_text("{}")
+    plan = _plan_from_manifest(path, "", ())
+    assert [w.key for w in plan.wanted] == ["edr/x/f"]
+    assert [(link.key, link.target) for link in plan.links] == [("edr/same", "x")]
+    assert plan.refused == ["edr/same/evil"]
+    assert plan.links_skipped == 1

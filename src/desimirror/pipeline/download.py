@@ -17,9 +17,19 @@ What a file must be (the reference), strongest first:
    part size a ``HEAD ?partNumber=1`` reports).
 
 Each object is streamed into ``.NAME.desimirror-part`` in its own directory while it is
-hashed (one pass, :func:`desimirror.integrity.checksums.hash_stream`); only when the
-digest proves it is the file given its mtime and renamed over ``NAME``. A file that
-fails its proof is deleted: nothing unproven ever carries a final name.
+hashed (one pass, :func:`desimirror.integrity.checksums.hash_stream`); a large one in
+parallel ranges, each written at its offset as it arrives and hashed, in order, from the
+page cache once written (:class:`_Ranges`). Only when the digest proves it is the file
+given its mtime and renamed over ``NAME``. A file that fails its proof is deleted:
+nothing unproven ever carries a final name.
+
+Symlinks: the published manifest records the release's own (``link_kind`` ``file`` or
+``dir``); each is made again, after the files, pointing where it pointed, its relative
+target rewritten for the bucket's layout, when what it points at is downloaded too. A
+link to a file whose target is not downloaded is fetched as the copy the bucket holds;
+links out of the release, broken or absolute are not made. Nothing is written beneath a
+link of the release (a manifest naming a file there is refused for it: a crawl never
+descends a link, and the link may lead out of DIR); links a user made in DIR are theirs.
 
 Resuming: how a completed file is recognised. Every proven file is appended to a small
 record, ``DIR/.desimirror-download/done.tsv`` (key, size, mtime, what it was proven
@@ -95,14 +105,15 @@ RECORD_NAME = "done.tsv"
 #: What a file is called while it is written and not yet proven.
 PART_SUFFIX = ".desimirror-part"
 #: Whole files are the unit: a file cut off by a kill is fetched again from its start.
-CHUNK = 1 << 20
 #: Objects above RANGED_ABOVE bytes are fetched in RANGE_SIZE ranges, WINDOW at a time
-#: each, by RANGE_THREADS threads holding at most RANGE_BUFFERS ranges in memory in all.
+#: each, by RANGE_THREADS threads in all (:func:`_fetch_large`); smaller ones in one GET.
 RANGE_SIZE = 8 << 20
 RANGED_ABOVE = 2 * RANGE_SIZE
 WINDOW = 6
 RANGE_THREADS = 16
-RANGE_BUFFERS = 32
+#: The most bytes a body is read, written or hashed in at once: copies stay in the CPU's
+#: caches (see :class:`_Ranges`).
+PIECE = 256 << 10
 #: How often the main thread looks for finished transfers: soon after one, then less.
 POLL_MIN, POLL_MAX = 0.001, 0.02
 #: Attempts per object for transient failures (a 503, a reset connection).
@@ -152,6 +163,9 @@ class DownloadReport:
     bytes_to_fetch: int = 0
     files_failed: int = 0
     dirs_created: int = 0
+    links: int = 0  # the release's symlinks recreated as symlinks (made now or found made)
+    links_created: int = 0
+    links_not_recreated: int = 0  # outside the release, broken or absolute (module docstring)
     proofs: dict[str, int] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -242,6 +256,82 @@ class _Plan:
     dirs: list[str]  # key paths of directories to create (the manifest's empty ones too)
     meta: list[tuple[str, bytes]]  # (key, bytes) of the manifest itself, to keep beside it
     warnings: list[str] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)  # the release's symlinks, recreated
+    links_skipped: int = 0  # outside the release, broken, or absolute: not recreated
+    refused: list[str] = field(default_factory=list)  # keys beneath a link of the release
+
+
+@dataclass(frozen=True)
+class Link:
+    """A symlink of the release to recreate at ``DIR/key``, pointing at ``target`` (the
+    release's own link, its relative target rewritten for the bucket's layout)."""
+
+    key: str
+    target: str
+    target_key: str  # what it points at, as a key
+
+
+def _link(keymap: KeyMap, path: str, link_target: str | None, kind: str | None) -> Link | None:
+    """The local form of the release's link at ``path``, or None when it is not recreated:
+    links that point outside the release or nowhere, and absolute ones (the release's root
+    is not known here) are not; nor those whose target climbs above the release."""
+    if kind not in ("file", "dir") or not link_target or link_target.startswith("/"):
+        return None
+    pointed = posixpath.normpath(posixpath.join(posixpath.dirname(path), link_target))
+    if pointed == ".." or pointed.startswith("../") or pointed == ".":
+        return None
+    key, target_key = keymap.key(path), keymap.key(pointed)
+    return Link(key, posixpath.relpath(target_key, posixpath.dirname(key)), target_key)
+
+
+def _refuse_beneath_links(plan: _Plan) -> None:
+    """Files and directories whose path goes through one of the release's links are left
+    out (a real release has none: its crawl never descends a link), so that nothing is
+    ever written through a link this download makes, which may lead out of DIR."""
+    links = {link.key for link in plan.links}
+    if not links:
+        return
+
+    def beneath(key: str) -> bool:
+        parent = posixpath.dirname(key)
+        while parent:
+            if parent in links:
+                return True
+            parent = posixpath.dirname(parent)
+        return False
+
+    refused = [w.key for w in plan.wanted if beneath(w.key)]
+    plan.wanted = [w for w in plan.wanted if not beneath(w.key)]
+    plan.dirs = [d for d in plan.dirs if not beneath(d)]
+    plan.refused.extend(refused)
+
+
+def _settle_links(plan: _Plan, candidates: list[tuple[Link, Wanted | None]]) -> None:
+    """A link is recreated only when what it points at is downloaded too (a file, a
+    directory holding some, or another link that is); else a link to a file is fetched as
+    its copy, as the bucket holds it, and a link to a directory is left out."""
+    have = {w.key for w in plan.wanted} | set(plan.dirs)
+    for key in list(have):  # and every directory above them
+        parent = posixpath.dirname(key)
+        while parent and parent not in have:
+            have.add(parent)
+            parent = posixpath.dirname(parent)
+    links = {link.key: (link, copy) for link, copy in candidates}
+
+    def present(key: str, depth: int = 0) -> bool:
+        """Whether ``key`` will be there: downloaded, or a link made or fetched as a copy."""
+        if key in have:
+            return True
+        entry = links.get(key)
+        if entry is None or depth > 40:  # 40: the kernel's own limit on a chain of links
+            return False
+        return present(entry[0].target_key, depth + 1) or entry[1] is not None
+
+    for link, copy in candidates:
+        if present(link.target_key):
+            plan.links.append(link)
+        elif copy is not None:
+            plan.wanted.append(copy)
 
 
 def _matches(relative: str, include: tuple[str, ...]) -> bool:
@@ -310,24 +400,35 @@ def _manifest_plan(path: Path, subdir: str, include: tuple[str, ...]) -> _Plan:
         release = header.get("prefix", "")
         rules = [r for r in header.get("remap", "").split("\t") if r]
         keymap = KeyMap.build(release, rules)
-        wanted: list[Wanted] = []
-        dirs: list[str] = []
+        plan = _Plan([], [], [])
+        candidates: list[tuple[Link, Wanted | None]] = []
         for entry in entries:
             path_in_release = entry.path
             if subdir and not (path_in_release + "/").startswith(subdir + "/"):
                 continue
             relative = path_in_release[len(subdir) + 1 :] if subdir else path_in_release
+            if not _matches(relative, include) and not (entry.type == "d" and not include):
+                continue
+            copy = None
             if entry.size is not None and entry.key:
-                if _matches(relative, include):
-                    sha = entry.sha256 if is_hex_sha256(entry.sha256) else None
-                    wanted.append(Wanted(entry.key, entry.size, sha, None, entry.mtime))
+                sha = entry.sha256 if is_hex_sha256(entry.sha256) else None
+                copy = Wanted(entry.key, entry.size, sha, None, entry.mtime)
+            if entry.type == "l":
+                link = _link(keymap, path_in_release, entry.link_target, entry.link_kind)
+                if link is not None:
+                    candidates.append((link, copy))
+                    continue
+                plan.links_skipped += copy is None
+            if copy is not None:
+                plan.wanted.append(copy)
             elif entry.type == "d" and not include:
-                dirs.append(keymap.key(path_in_release))
-    meta = [
+                plan.dirs.append(keymap.key(path_in_release))
+    _settle_links(plan, candidates)
+    _refuse_beneath_links(plan)
+    plan.meta = [
         (key, (path if key.endswith(".gz") else path.parent / "manifest.json").read_bytes())
         for key in manifest_keys_for(release)
     ]
-    plan = _Plan(wanted, dirs, meta)
     if header.get("complete") == "no":
         plan.warnings.append(
             "the published manifest says the mirror was incomplete when it was written: "
@@ -433,7 +534,6 @@ class _Tee(io.RawIOBase):
     def __init__(self, body: Any, out: Any, stop: threading.Event) -> None:
         super().__init__()
         self._body, self._out, self._stop = body, out, stop
-        self.count = 0
 
     def readable(self) -> bool:
         return True
@@ -441,10 +541,8 @@ class _Tee(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         if self._stop.is_set():
             raise _Stopped()
-        data = self._body.read(size if size and size > 0 else CHUNK)
-        if self._out is not None:  # a ranged body writes its ranges itself
-            self._out.write(data)
-        self.count += len(data)
+        data = self._body.read(min(size, PIECE) if size and size > 0 else PIECE)
+        self._out.write(data)
         return data
 
 
@@ -490,98 +588,6 @@ def _ensure_dir(path: Path) -> None:
         _made_dirs.add(path)
 
 
-class _Ranges:
-    """Large objects in ranges: fetched ahead in parallel (a few per object, a bounded
-    number of buffers in all), handed to the hash and the file in order, so a large
-    file is still read once and proven as it is written."""
-
-    def __init__(self, threads: int = RANGE_THREADS, buffers: int = RANGE_BUFFERS) -> None:
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="desimirror-range")
-        self.buffers = threading.BoundedSemaphore(buffers)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _RangedBody:
-    """A body read as ``WINDOW`` range GETs in flight, each pinned to the object's ETag
-    (``If-Match``), so an object replaced meanwhile fails instead of mixing versions.
-
-    Each range is written into the file (at its offset) by the thread that fetched it,
-    and its bytes, the same object in memory, are then hashed in order by the reader:
-    the kernel throttles each writing thread on its own, so one writer per file (or one
-    for all, as aws-cli has) writes a large file several times slower than many.
-    """
-
-    def __init__(
-        self, ranges: _Ranges, client: Any, bucket: str, key: str, size: int, etag: str
-    ) -> None:
-        self._ranges, self._client, self._bucket, self._key = ranges, client, bucket, key
-        self._etag = etag
-        self._starts = iter(range(0, size, RANGE_SIZE))
-        self._size = size
-        self._window: deque[Future] = deque()
-        self._buf = memoryview(b"")
-        self.fd: int | None = None  # the part file, set before the first read
-
-    def _get(self, start: int) -> bytes:
-        end = min(start + RANGE_SIZE, self._size) - 1
-        extra = {"IfMatch": f'"{self._etag}"'} if self._etag else {}
-
-        def once() -> bytes:
-            r = self._client.get_object(
-                Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end}", **extra
-            )
-            body = r["Body"]  # read in chunks: one read() of it all is twice as slow
-            data = b"".join(iter(lambda: body.read(CHUNK), b""))
-            if len(data) != end - start + 1:
-                raise OSError(f"got {len(data):,} bytes of a range: the transfer was cut short")
-            return data
-
-        data = _retrying(once)
-        assert self.fd is not None, "the part file is opened before the first read"
-        view, offset = memoryview(data), start
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view, offset = view[written:], offset + written
-        return data
-
-    def _top_up(self) -> None:
-        while len(self._window) < WINDOW:
-            # a buffer is waited for only when nothing is in flight here: others consume
-            if not self._ranges.buffers.acquire(blocking=not self._window, timeout=None):
-                return
-            start = next(self._starts, None)
-            if start is None:
-                self._ranges.buffers.release()
-                return
-            self._window.append(self._ranges.pool.submit(self._get, start))
-
-    def read(self, size: int = -1) -> memoryview:
-        """Up to ``size`` bytes, as a view into the range (hashed, not copied again)."""
-        if not self._buf:
-            self._top_up()
-            if not self._window:
-                return memoryview(b"")
-            future = self._window.popleft()
-            try:
-                self._buf = memoryview(future.result())
-            finally:
-                self._ranges.buffers.release()
-            self._top_up()
-        n = len(self._buf) if size is None or size < 0 else size
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def close(self) -> None:
-        while self._window:
-            future = self._window.popleft()
-            future.cancel()
-            with contextlib.suppress(Exception):
-                future.exception()  # wait for one already running
-            self._ranges.buffers.release()
-
-
 def _fetch(
     client: Any,
     bucket: str,
@@ -590,50 +596,208 @@ def _fetch(
     stop: threading.Event,
     ranges: _Ranges | None = None,
 ) -> _Done:
-    """Stream ``w`` into its part file while hashing, prove it, then rename it into place."""
-    part = part_path(final)
+    """Fetch ``w`` into its part file, prove it, then rename it into place."""
     _ensure_dir(final.parent)
+    if ranges is not None and w.size > RANGED_ABOVE:
+        return _fetch_large(client, bucket, w, final, stop, ranges)
+    part = part_path(final)
     # the object's own checksum is asked for only where nothing else is known of it
     mode = {} if w.sha256 else {"ChecksumMode": "ENABLED"}
-    if ranges is not None and w.size > RANGED_ABOVE:
-        response = client.head_object(Bucket=bucket, Key=w.key, **mode)
-        etag = strip_etag(response.get("ETag"))
-        body: Any = _RangedBody(ranges, client, bucket, w.key, w.size, etag)
-    else:
-        response = client.get_object(Bucket=bucket, Key=w.key, **mode)
-        body = response["Body"]
+    response = client.get_object(Bucket=bucket, Key=w.key, **mode)
+    body = response["Body"]
     ref = _reference(w, response, lambda: _first_part_size(client, bucket, w.key))
     if not ref.kind:
         body.close()
         raise _Refused(f"s3://{bucket}/{w.key} has no checksum or MD5 ETag to prove it by")
-    try:
+    with _removed_on_failure(part):
         with open(part, "wb") as out, contextlib.closing(body):
-            _reserve(out, w.size)
-            if isinstance(body, _RangedBody):
-                body.fd = out.fileno()
-            tee = _Tee(body, None if isinstance(body, _RangedBody) else out, stop)
+            tee = _Tee(body, out, stop)
             digests = hash_stream(tee, ref.part_size, md5=ref.needs_md5)  # type: ignore[arg-type]
-        if tee.count != int(response.get("ContentLength", tee.count)) or tee.count != w.size:
-            raise OSError(f"got {tee.count:,} bytes of {w.size:,}: the transfer was cut short")
-        if not ref.proves(digests) and not (len(ref.part_sizes) > 1 and _prove_file(part, ref)):
-            raise _Refused(_refusal(bucket, w, ref, digests))
-        mtime_ns = _mtime_ns(w, response)
-        os.utime(part, ns=(mtime_ns, mtime_ns))
-        os.replace(part, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            part.unlink()
-        raise
-    # recorded by what is known of the object before any GET, so a resume can compare
-    return _Done(w.key, w.size, mtime_ns, w.sha256 or w.etag or ref.describe(), ref.kind)
+        return _into_place(part, final, bucket, w, response, ref, digests)
+
+
+def _fetch_large(
+    client: Any, bucket: str, w: Wanted, final: Path, stop: threading.Event, ranges: _Ranges
+) -> _Done:
+    """A large object: its ranges fetched in parallel, each pinned to the ETag of a HEAD
+    and written at its offset as it streams in; the file's thread hashes each range, in
+    order, from the page cache as soon as it is written, so hashing overlaps the transfer
+    and the file is proven before its rename (:class:`_Ranges`)."""
+    part = part_path(final)
+    mode = {} if w.sha256 else {"ChecksumMode": "ENABLED"}
+    response = client.head_object(Bucket=bucket, Key=w.key, **mode)
+    ref = _reference(w, response, lambda: _first_part_size(client, bucket, w.key))
+    if not ref.kind:
+        raise _Refused(f"s3://{bucket}/{w.key} has no checksum or MD5 ETag to prove it by")
+    if int(response.get("ContentLength", w.size)) != w.size:
+        raise OSError(f"the object has {response['ContentLength']:,} bytes, not {w.size:,}")
+    etag = strip_etag(response.get("ETag"))
+    with _removed_on_failure(part):
+        with open(part, "w+b") as out:  # read back, to be hashed
+            _reserve(out, w.size)
+            body = _RangedFile(ranges, client, bucket, w.key, w.size, etag, out.fileno(), stop)
+            with contextlib.closing(body):
+                digests = hash_stream(body, ref.part_size, md5=ref.needs_md5)  # type: ignore[arg-type]
+        return _into_place(part, final, bucket, w, response, ref, digests)
 
 
 def _reserve(out: Any, size: int) -> None:
     """Allocate a large file's blocks at once (fewer, larger extents; a full disk fails
     here, before the transfer); where the filesystem cannot, it is written as it comes."""
-    if size > RANGED_ABOVE and hasattr(os, "posix_fallocate"):
+    if hasattr(os, "posix_fallocate"):
         with contextlib.suppress(OSError):
             os.posix_fallocate(out.fileno(), 0, size)
+
+
+class _Ranges:
+    """The threads that fetch the ranges of large objects, shared by all of them, each
+    with its own small buffer, reused: a range streams through it into the file.
+
+    Measured on the benchmark's VM: the same transfers cost about half the CPU when each
+    range streams through a 256 KiB buffer (socket → buffer → page cache) as when it
+    arrives whole in memory (8 MiB bytes objects, then one write, then the hash): copies
+    of buffers that have left the CPU's caches, and fresh memory for each, are what cost.
+    """
+
+    def __init__(self, threads: int = RANGE_THREADS) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="desimirror-range")
+        self._local = threading.local()
+
+    def buffer(self) -> bytearray:
+        buf = getattr(self._local, "buffer", None)
+        if buf is None:
+            buf = self._local.buffer = bytearray(PIECE)
+        return buf
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _RangedFile(io.RawIOBase):
+    """A large object's bytes as a stream to hash: ``WINDOW`` ranges in flight ahead of
+    the reader, each written into the part file by the thread that fetched it; the reader
+    reads each range back from the file once its range is complete, in order."""
+
+    def __init__(
+        self,
+        ranges: _Ranges,
+        client: Any,
+        bucket: str,
+        key: str,
+        size: int,
+        etag: str | None,
+        fd: int,
+        stop: threading.Event,
+    ) -> None:
+        super().__init__()
+        self._ranges, self._client, self._bucket, self._key = ranges, client, bucket, key
+        self._extra = {"IfMatch": f'"{etag}"'} if etag else {}
+        self._size, self._fd, self._stop = size, fd, stop
+        self._starts = iter(range(0, size, RANGE_SIZE))
+        self._window: deque[Future] = deque()
+        self._ready = 0  # bytes from the start written and safe to read back
+        self._offset = 0  # bytes read back (hashed)
+
+    def readable(self) -> bool:
+        return True
+
+    def _range(self, start: int) -> int:
+        """Fetch one range into the file (retried as a whole); its end offset."""
+        end = min(start + RANGE_SIZE, self._size)
+
+        def once() -> int:
+            if self._stop.is_set():
+                raise _Stopped()
+            r = self._client.get_object(
+                Bucket=self._bucket, Key=self._key, Range=f"bytes={start}-{end - 1}", **self._extra
+            )
+            at = _stream_into(r["Body"], self._fd, start, self._ranges.buffer(), self._stop)
+            if at != end:
+                raise OSError(f"got {at - start:,} bytes of a range: the transfer was cut short")
+            return end
+
+        return _retrying(once)
+
+    def _top_up(self) -> None:
+        while len(self._window) < WINDOW:
+            start = next(self._starts, None)
+            if start is None:
+                return
+            self._window.append(self._ranges.pool.submit(self._range, start))
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stop.is_set():
+            raise _Stopped()
+        if self._offset >= self._ready:
+            self._top_up()
+            if not self._window:
+                return b""
+            self._ready = self._window.popleft().result()
+            self._top_up()
+        n = self._ready - self._offset if size is None or size < 0 else size
+        data = os.pread(self._fd, min(n, PIECE, self._ready - self._offset), self._offset)
+        if not data:
+            raise OSError("the part file is shorter than what was written to it")
+        self._offset += len(data)
+        return data
+
+    def close(self) -> None:
+        while self._window:
+            future = self._window.popleft()
+            future.cancel()
+            with contextlib.suppress(Exception):
+                future.exception()  # wait for one already running: it writes to our fd
+        super().close()
+
+
+def _stream_into(body: Any, fd: int, offset: int, buffer: bytearray, stop: threading.Event) -> int:
+    """Copy a response body into the file at ``offset`` through ``buffer``; the end offset."""
+    raw = getattr(body, "_raw_stream", body)  # urllib3's response: readinto, no copies
+    view = memoryview(buffer)
+    with contextlib.closing(body):
+        while n := raw.readinto(buffer):
+            if stop.is_set():
+                raise _Stopped()
+            chunk = view[:n]
+            while chunk:
+                written = os.pwrite(fd, chunk, offset)
+                chunk, offset = chunk[written:], offset + written
+    return offset
+
+
+@contextlib.contextmanager
+def _removed_on_failure(part: Path) -> Iterator[None]:
+    """Whatever goes wrong (a refusal, a cut transfer, an interruption), no part file
+    is left behind."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise
+
+
+def _into_place(
+    part: Path,
+    final: Path,
+    bucket: str,
+    w: Wanted,
+    response: dict,
+    ref: _Reference,
+    digests: FileDigests,
+) -> _Done:
+    """The part file, complete and proven by ``digests``, given its mtime and renamed
+    over its final name; else refused (``_Refused``) or cut short (``OSError``)."""
+    got = digests.size
+    if got != w.size or int(response.get("ContentLength", got)) != got:
+        raise OSError(f"got {got:,} bytes of {w.size:,}: the transfer was cut short")
+    if not ref.proves(digests) and not (len(ref.part_sizes) > 1 and _prove_file(part, ref)):
+        raise _Refused(_refusal(bucket, w, ref, digests))
+    mtime_ns = _mtime_ns(w, response)
+    os.utime(part, ns=(mtime_ns, mtime_ns))
+    os.replace(part, final)
+    # recorded by what is known of the object before any GET, so a resume can compare
+    return _Done(w.key, w.size, mtime_ns, w.sha256 or w.etag or ref.describe(), ref.kind)
 
 
 def _refusal(bucket: str, w: Wanted, ref: _Reference, digests: FileDigests) -> str:
@@ -711,6 +875,7 @@ def _run(
 ) -> DownloadReport:
     t0 = time.monotonic()
     t = options.target
+    _made_dirs.clear()  # what an earlier run in this process made may be gone
     release, _, subdir = options.prefix.partition("/")
     progress.start("download")
     progress.phase("reading the release manifest")
@@ -731,6 +896,9 @@ def _run(
             + ("file matching --include" if options.include else "objects")
         )
     report.warnings.extend(plan.warnings)
+    report.links, report.links_not_recreated = len(plan.links), plan.links_skipped
+    for key in plan.refused:
+        _failed(report, key, f"{key} lies beneath a symlink of the release: not written")
     report.files = len(plan.wanted)
     report.bytes = sum(w.size for w in plan.wanted)
     record = Record(options.dest)
@@ -744,6 +912,7 @@ def _run(
             progress.start("download", report.files_to_fetch, report.bytes_to_fetch)
             progress.phase("fetching")
             _fetch_all(client, t.bucket, options, todo, record, report, progress)
+            _make_links(options.dest, plan.links, report)
     finally:
         record.close()
         progress.close()
@@ -810,7 +979,7 @@ def _create_dirs(dest: Path, plan: _Plan, report: DownloadReport) -> None:
         with contextlib.suppress(_Refused, OSError):
             path = local_path(dest, key)
             if not path.is_dir():
-                path.mkdir(parents=True, exist_ok=True)
+                _ensure_dir(path)
                 report.dirs_created += 1
     for key, data in plan.meta:
         final = local_path(dest, key)
@@ -818,6 +987,27 @@ def _create_dirs(dest: Path, plan: _Plan, report: DownloadReport) -> None:
         part = part_path(final)
         part.write_bytes(data)
         os.replace(part, final)
+
+
+def _make_links(dest: Path, links: list[Link], report: DownloadReport) -> None:
+    """The release's links, after its files (nothing is ever written through one made
+    here): each made under a temporary name and renamed over whatever is in its place (a
+    copy an earlier download made), or kept when it is already the same link."""
+    for link in links:
+        try:
+            final = local_path(dest, link.key)
+            with contextlib.suppress(OSError):
+                if os.readlink(final) == link.target:
+                    continue
+            _ensure_dir(final.parent)
+            part = part_path(final)
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            os.symlink(link.target, part)
+            os.replace(part, final)
+            report.links_created += 1
+        except (_Refused, OSError) as exc:
+            _failed(report, link.key, _explain(exc))
 
 
 def _fetch_all(
@@ -831,7 +1021,6 @@ def _fetch_all(
 ) -> None:
     """Fetch ``todo`` with ``workers`` transfers in flight; only this thread records."""
     stop = threading.Event()
-    _made_dirs.clear()  # what an earlier run in this process made may be gone
     pending = iter(todo)
     in_flight: dict[Future, Wanted] = {}
 

@@ -1,7 +1,8 @@
 """What the synthetic release's FITS files hold: DESI-shaped HDUs, written with astropy.
 
-Each FITS file of the layout is a :class:`Product`: a kind (``coadd``, ``redrock``,
-``zcatalog``, ``exposures``, ``tiles``, ``targets``, ``fiberassign``, ``raw``, ``guide``, or
+Each FITS file of the layout is a :class:`Product`: a kind (``coadd``, ``spectra``,
+``redrock``, ``zcatalog``, ``exposures``, ``tiles``, ``targets``, ``fiberassign``, ``raw``,
+``guide``, ``bias``, or
 ``image`` for the files a newcomer does not read first), the one number its size follows
 (spectra, rows, cameras or data bytes) and its header keywords. HDU names, column names and
 keywords are those of the DESI data model (desidatamodel), with a subset of the columns.
@@ -44,6 +45,7 @@ GZIP_BLOCK = 65535
 CAMERAS = tuple(f"{arm}{petal}" for petal in range(10) for arm in "BRZ")
 GUIDERS = ("GUIDE0", "GUIDE2", "GUIDE3", "GUIDE5", "GUIDE7", "GUIDE8")
 RAW_SHAPE = (64, 128)  # per camera; DESI: 4k x 4k
+BIAS_WIDTH = 64  # columns of a nightly bias image; DESI: 4256
 #: The group of the fiberassign files under target/: one table shared by all, so that a
 #: thousand of them cost one table's making (their headers still name their tile).
 SHARED_FIBERASSIGN = "target/fiberassign"
@@ -257,6 +259,29 @@ def _coadd(p: Product, keys: dict[str, Any], seed: int) -> list:
     return hdus
 
 
+def _spectra(p: Product, keys: dict[str, Any], seed: int) -> list:
+    """The spectra a coadd was made from (one exposure each here), in the data model's
+    order: FIBERMAP and SCORES, then each arm's HDUs; the same targets as the coadd."""
+    coadd = _coadd(p, keys, seed)
+    by_name = {hdu.name: hdu for hdu in coadd[1:]}
+    arms = [hdu for hdu in coadd[1:] if hdu.name[:2] in ("B_", "R_", "Z_")]
+    return [coadd[0], by_name["FIBERMAP"], by_name["SCORES"], *arms]
+
+
+def _bias(p: Product, keys: dict[str, Any], seed: int) -> list:
+    """A nightly bias: one float32 image (EXTNAME BIAS) of ``p.n`` rows, in ADU."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng([seed, 3, sky._group_number(p.group)])
+    image = rng.normal(0.0, 0.5, (p.n, BIAS_WIDTH)).astype(">f4")
+    hdu = fits.PrimaryHDU(image)
+    hdu.header["EXTNAME"] = "BIAS"
+    for key, value in (("TELESCOP", "KPNO 4.0-m telescope"), ("INSTRUME", "DESI"), *keys.items()):
+        hdu.header[key] = value
+    hdu.header["BUNIT"] = "adu"
+    return [hdu]
+
+
 def _redrock(p: Product, keys: dict[str, Any], seed: int) -> list:
     t = sky.targets(seed, p.group, p.n)
     rng = np.random.default_rng([seed, 2, sky._group_number(p.group)])
@@ -462,6 +487,8 @@ def _camera(name: str, index: int):
 
 BUILDERS = {
     "coadd": _coadd,
+    "spectra": _spectra,
+    "bias": _bias,
     "redrock": _redrock,
     "zcatalog": _zcatalog,
     "exposures": _exposures,
@@ -505,8 +532,8 @@ def _blank(hdus: list) -> list:
             blank = fits.BinTableHDU(data=zeros, header=hdu.header.copy())
             _copy_units(list(hdu.columns), blank)
             hdu = blank
-        elif isinstance(hdu, fits.ImageHDU) and hdu.data is not None:
-            hdu = fits.ImageHDU(np.zeros_like(hdu.data), header=hdu.header)
+        elif isinstance(hdu, fits.ImageHDU | fits.PrimaryHDU) and hdu.data is not None:
+            hdu = type(hdu)(np.zeros_like(hdu.data), header=hdu.header)
         out.append(hdu)
     return out
 

@@ -298,13 +298,7 @@ def _redux_top(shape: _Shape, seed: int) -> Iterator[DirSpec]:
     """The specprod's own summary tables, next to its subdirectories."""
     path = REDUX
     rng = _rng(seed, path)
-    science = tuple(
-        (int(night.date), expid, _exposure_tile(seed, expid))
-        for night in shape.nights
-        for expid, kind in night.exposures
-        if kind == "science"
-    ) or ((int(shape.nights[0].date), shape.nights[0].exposures[0][0], FIRST_TILEID),)
-    tiles = tuple((tileid, int(night.date)) for tileid, night in _tile_nights(shape, seed))
+    science, tiles = _science_exposures(shape, seed), _observed_tiles(shape, seed)
     files = [
         ("exposures-fuji.csv", Product("exposures_csv", len(science), members=science)),
         ("exposures-fuji.fits", Product("exposures", len(science), members=science)),
@@ -312,6 +306,21 @@ def _redux_top(shape: _Shape, seed: int) -> Iterator[DirSpec]:
         ("tiles-fuji.fits", Product("tiles", len(tiles), members=tiles)),
     ]
     yield _directory(path, files, rng, shape.release - 30 * DAY, 20 * DAY)
+
+
+def _science_exposures(shape: _Shape, seed: int) -> tuple[tuple[int, int, int], ...]:
+    """(night, expid, tileid) of every science exposure (at least one)."""
+    return tuple(
+        (int(night.date), expid, _exposure_tile(seed, expid))
+        for night in shape.nights
+        for expid, kind in night.exposures
+        if kind == "science"
+    ) or ((int(shape.nights[0].date), shape.nights[0].exposures[0][0], FIRST_TILEID),)
+
+
+def _observed_tiles(shape: _Shape, seed: int) -> tuple[tuple[int, int], ...]:
+    """(tileid, last night) of every tile observed."""
+    return tuple((tileid, int(night.date)) for tileid, night in _tile_nights(shape, seed))
 
 
 def _exposure_tables(shape: _Shape, seed: int) -> Iterator[DirSpec]:
@@ -339,12 +348,32 @@ def _calibnight(shape: _Shape, seed: int) -> Iterator[DirSpec]:
         rng = _rng(seed, path)
         d = night.date
         files = (
-            [(f"badcolumns-{c}-{d}.csv", rng.choice((33, 33, 33, 56, 85, 127))) for c in CAMERAS]
-            + [(f"biasnight-{c}-{d}.fits.gz", _size(rng, 5_000, 20_000)) for c in CAMERAS]
+            [(f"badcolumns-{c}-{d}.csv", _badcolumns(rng, c)) for c in CAMERAS]
+            + [(f"biasnight-{c}-{d}.fits.gz", _biasnight(c, d)) for c in CAMERAS]
             + [(f"fiberflatnight-{c}-{d}.fits", flat[c[0]]) for c in CAMERAS]
             + [(f"psfnight-{c}-{d}.fits", psf[c[0]]) for c in CAMERAS]
         )
         yield _directory(path, files, rng, night.start + 30 * DAY, 5 * DAY)
+
+
+def _badcolumns(rng: random.Random, camera: str) -> Product:
+    """A camera's bad columns of a night: most nights none (a header only), some a few."""
+    count = rng.choice((0, 0, 0, 1, 2, 3))
+    rows = tuple(
+        (
+            camera,
+            rng.randrange(4256),
+            round(rng.uniform(0.01, 0.5), 4),
+            round(rng.uniform(0.001, 0.01), 4),
+        )
+        for _ in range(count)
+    )
+    return Product("badcolumns_csv", count, members=rows)
+
+
+def _biasnight(camera: str, night: str) -> Product:
+    keys = (("CAMERA", camera), ("SPECGRPH", int(camera[1])), ("NIGHT", int(night)))
+    return Product("bias", 32, keys, gzip=True)
 
 
 def _exposures(shape: _Shape, seed: int) -> Iterator[DirSpec]:
@@ -415,7 +444,7 @@ def _healpix(shape: _Shape, seed: int) -> Iterator[DirSpec]:
             (f"coadd-{tag}.fits", Product("coadd", nspec, keys, path)),
             (f"hpixexp-{tag}.csv", Product("hpixexp_csv", 0, members=_hpixexp(shape, seed, pix))),
             (f"redrock-{tag}.fits", Product("redrock", nspec, keys, path)),
-            (f"spectra-{tag}.fits.gz", _size(drng, 50_000, 600_000)),
+            (f"spectra-{tag}.fits.gz", Product("spectra", nspec, keys, path, gzip=True)),
         ]
         yield _directory(path, files, drng, shape.release - 60 * DAY, 30 * DAY)
 
@@ -525,12 +554,12 @@ def _survey(shape: _Shape, seed: int) -> Iterator[DirSpec]:
     """survey/ops: small operations tables, and an empty archive directory."""
     path = "survey/ops/surveyops/trunk/ops"
     rng = _rng(seed, path)
-    s = shape.scale
+    science, tiles = _science_exposures(shape, seed), _observed_tiles(shape, seed)
     files = [
         ("config-main.yaml", _size(rng, 800, 2_000)),
-        ("exposures.ecsv", _size(rng, 50_000 * s + 500, 150_000 * s + 1000)),
-        ("tiles-main.ecsv", _size(rng, 100_000 * s + 500, 300_000 * s + 1000)),
-        ("tiles-specstatus.ecsv", _size(rng, 20_000 * s + 500, 60_000 * s + 1000)),
+        ("exposures.ecsv", Product("exposures_ecsv", len(science), members=science)),
+        ("tiles-main.ecsv", Product("tiles_ecsv", len(tiles), members=tiles)),
+        ("tiles-specstatus.ecsv", Product("specstatus_ecsv", len(tiles), members=tiles)),
     ]
     yield _directory(path, files, rng, shape.release - 40 * DAY, 20 * DAY)
     yield DirSpec(f"{path}/archive", (), shape.release - 40 * DAY, None)
