@@ -362,30 +362,12 @@ def test_upload_to_another_target_is_refused(
     assert_clean_error(proc, "another --db")
 
 
-def test_demo_from_a_relative_dir_mirrors_and_proves_and_stops_its_server(tmp_path: Path) -> None:
-    # `make demo` passes a relative --dir; the embedded server runs with its data dir as cwd
-    proc = run_cli("demo", "--dir", "demo", "--scale", "0.05", cwd=tmp_path, check=True)
-    verify_line = next(line for line in proc.stdout.splitlines() if line.startswith("verify"))
-    matched, expected = (int(n) for n in verify_line.split()[1:4:2])
-    assert matched == expected > 0
-    assert f"content proven for {expected}; complete: True" in verify_line
-    (run_dir,) = (tmp_path / "demo").iterdir()
-    pid_holders = [
-        p for p in Path("/proc").iterdir() if p.name.isdigit() and _cwd_is(p, run_dir / "s3")
-    ]
-    assert pid_holders == [], "the demo's server is still running"
-    # It ends by saying how to look at the result.
-    look = [line for line in proc.stdout.splitlines() if line.strip()][-2:]
-    assert look[0].split() == [
-        "look", "on", "disk:", "desimirror", "jupyter", "--release", "edr", "--local",
-        str(Path("demo") / run_dir.name),
-    ]  # fmt: skip
-    assert "desimirror demo --serve" in look[1]
-
-
-def test_demo_serve_keeps_a_readable_bucket_for_jupyter_until_sigterm(tmp_path: Path) -> None:
+def test_demo_from_a_relative_dir_proves_serves_a_readable_bucket_and_stops_its_server(
+    tmp_path: Path,
+) -> None:
+    # `make demo` passes a relative --dir; the embedded server runs with its data dir as cwd.
+    # With --serve the bucket stays up, readable without keys, until SIGTERM.
     import re
-    import subprocess
 
     import boto3
     from botocore import UNSIGNED
@@ -394,21 +376,36 @@ def test_demo_serve_keeps_a_readable_bucket_for_jupyter_until_sigterm(tmp_path: 
     log = tmp_path / "demo.log"
     with open(log, "w") as err:
         demo = subprocess.Popen(
-            [DESIMIRROR, "demo", "--dir", str(tmp_path / "d"), "--scale", "0.05", "--serve"],
+            [DESIMIRROR, "demo", "--dir", "demo", "--scale", "0.05", "--serve"],
+            cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
         )
     try:
         assert demo.stdout is not None
-        lines = []
-        for _ in range(40):  # the summary, then the command to look at it
+        lines: list[str] = []
+        for _ in range(40):  # the summary, then the commands to look at it
             lines.append(demo.stdout.readline())
-            if lines[-1].startswith("look") or not lines[-1]:
+            if "runs until Ctrl-C" in lines[-1] or not lines[-1]:
                 break
-        match = re.search(r"desimirror jupyter .*--endpoint-url (\S+) --no-sign-request", lines[-1])
-        assert match, "".join(lines) + log.read_text()
-        assert "--bucket s3://desidata" in lines[-1]
+        text = "".join(lines) + log.read_text()
+        verify_line = next(line for line in lines if line.startswith("verify"))
+        matched, expected = (int(n) for n in verify_line.split()[1:4:2])
+        assert matched == expected > 0
+        assert f"content proven for {expected}; complete: True" in verify_line
+        (run_dir,) = (tmp_path / "demo").iterdir()
+        look = next(i for i, line in enumerate(lines) if line.startswith("look"))
+        assert lines[look].split() == [
+            "look", "on", "disk:", "desimirror", "jupyter", "--release", "edr", "--local",
+            str(Path("demo") / run_dir.name),
+        ], text  # fmt: skip
+        match = re.search(
+            r"in the bucket: desimirror jupyter .*--endpoint-url (\S+) --no-sign-request",
+            lines[look + 1],
+        )
+        assert match, text
+        assert "--bucket s3://desidata" in lines[look + 1]
         client = boto3.client(
             "s3", endpoint_url=match.group(1), config=Config(signature_version=UNSIGNED)
         )
@@ -417,7 +414,6 @@ def test_demo_serve_keeps_a_readable_bucket_for_jupyter_until_sigterm(tmp_path: 
     finally:
         demo.send_signal(signal.SIGTERM)
         assert demo.wait(timeout=60) == 0
-    (run_dir,) = (tmp_path / "d").iterdir()
     assert not any(
         _cwd_is(p, run_dir / "s3") for p in Path("/proc").iterdir() if p.name.isdigit()
     ), "the demo's server is still running"

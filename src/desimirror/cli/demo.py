@@ -102,16 +102,14 @@ def command(workdir: Path, scale: float, backend: str, serve: bool) -> None:
         sent = _run(["upload", *common, *remap, "--backend", backend], env)
         again = _run(["upload", *common, *remap, "--backend", backend], env)
         checked = _run(["verify", *common, "--checksum"], env)
-        look = _look_command(server.endpoint_url, run_dir)
+        _report(release, synth, crawl, plan, sent, again, checked, backend, started, run_dir)
+        on_disk = f"desimirror jupyter --release edr --local {shlex.quote(str(run_dir))}"
         if serve:
-            _report(release, synth, crawl, plan, sent, again, checked, backend, started, run_dir)
-            _serve(look)
+            _serve(on_disk, _look_command(server.endpoint_url, run_dir))
             return
-    _report(release, synth, crawl, plan, sent, again, checked, backend, started, run_dir)
     click.echo(
-        f"look      on disk: desimirror jupyter --release edr --local {shlex.quote(str(run_dir))}"
-        "\n          in the bucket: desimirror demo --serve (keeps the server up and prints "
-        "the 'desimirror jupyter --bucket ... --endpoint-url ...' line)"
+        f"look      on disk: {on_disk}\n          in the bucket: desimirror demo --serve (keeps "
+        "the server up and prints the 'desimirror jupyter --bucket ... --endpoint-url ...' line)"
     )
 
 
@@ -124,15 +122,18 @@ def _look_command(endpoint_url: str, run_dir: Path) -> str:
     )
 
 
-def _serve(look: str) -> None:
-    """Keep the server up until Ctrl-C or SIGTERM, with the command to use it on screen."""
+def _serve(on_disk: str, in_bucket: str) -> None:
+    """Keep the server up until Ctrl-C or SIGTERM, with the commands to use it on screen."""
     import signal
 
     def stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
-    click.echo(f"look      {look}\n          (the S3 server runs until Ctrl-C)", err=False)
+    click.echo(
+        f"look      on disk: {on_disk}\n          in the bucket: {in_bucket}"
+        "\n          (the S3 server runs until Ctrl-C)"
+    )
     try:
         while True:
             time.sleep(3600)
