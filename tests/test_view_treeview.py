@@ -170,3 +170,25 @@ def test_a_read_only_view_cannot_write_and_sees_other_writers(tmp_path: Path) ->
         with Manifest.open(db) as writer:
             writer.set_meta("x", "y")
         assert treeview.change_token(viewer) != before
+
+
+def test_gone_objects_directly_in_a_directory_and_below_are_each_counted_once(
+    manifest: Manifest,
+) -> None:
+    """A directory "a.b" sorts after "a", its range before a/'s: each is counted once."""
+    extra = [Entry("spectro/a.b", "dir", 0), _file("spectro/a.b/z.fits", 7), _file("spectro/c", 3)]
+    crawl = manifest.begin_crawl("/release/edr")
+    with manifest.atomic():
+        manifest.put_entries(crawl, [*TREE, *extra])
+    manifest.close_crawl(crawl)
+    with manifest.atomic():
+        manifest.record_mirrored([_sent("spectro/a.b/z.fits", 7), _sent("spectro/c", 3)])
+    crawl = manifest.begin_crawl("/release/edr")
+    with manifest.atomic():  # both gone from the source; their objects remain
+        manifest.put_entries(crawl, TREE)
+    manifest.close_crawl(crawl)
+    spectro = _by_name(treeview.children(manifest, "spectro"))
+    assert (spectro["a.b"].kind, spectro["a.b"].states) == ("gone", {"gone": (1, 7)})
+    assert (spectro["c"].kind, spectro["c"].states) == ("gone", {"gone": (1, 3)})
+    assert spectro["a"].states == {"done:sha256": (1, 100), "pending": (1, 200)}
+    assert _by_name(treeview.children(manifest, ""))["spectro"].states["gone"] == (2, 10)

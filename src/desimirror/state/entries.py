@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from desimirror.state import tallies
+from desimirror.state import tallies, treetallies
 from desimirror.state.db import StateDb
 from desimirror.state.records import UPLOADABLE, Entry, roll_up, subtree_range
 
@@ -95,6 +95,12 @@ class EntryTables(StateDb):
         self.conn.executemany(_upsert_entries(crawl_id, with_sha256=True), rows)
         return len(rows)
 
+    def discard_first_crawl(self, crawl_id: int) -> None:
+        """Delete what a first crawl (of a db that held no entries) committed: every entry
+        and its errors, leaving the crawl unfinished; inside :meth:`atomic`."""
+        self.conn.execute("DELETE FROM entries")
+        self.conn.execute("DELETE FROM crawl_errors WHERE crawl_id = ?", (crawl_id,))
+
     def put_crawl_errors(self, crawl_id: int, errors: Iterable[tuple[str, str]]) -> int:
         """Record (path, message) pairs; call inside :meth:`atomic`."""
         rows = [(crawl_id, p, m) for p, m in errors]
@@ -110,6 +116,7 @@ class EntryTables(StateDb):
         keep: Iterable[str] = (),
         sizes_written: bool = False,
         earlier_entries: bool = True,
+        direct_totals: dict[str, list[int]] | None = None,
     ) -> int:
         """Mark crawl ``crawl_id`` finished, the one way a crawl or an import ends.
 
@@ -121,15 +128,34 @@ class EntryTables(StateDb):
         crawl) skips looking for entries to drop. Returns the number dropped. A crawl that
         never gets here stays unfinished, and the commands that need the whole tree refuse
         it (:meth:`require_whole_tree`).
+
+        ``direct_totals`` (an import, which sums as it reads): directory -> [files, bytes]
+        of the uploadables the crawl wrote directly in it, every directory it wrote among
+        them. With no ``keep`` they are the whole tree's, so the directory sizes, the
+        totals and, while nothing is uploaded or failed, the tree's counts come from them
+        instead of passes over ten million rows.
         """
+        if keep:
+            direct_totals = None
         with self.atomic() as conn:
             dropped = self._drop_unseen(crawl_id, set(keep)) if earlier_entries else 0
             if dropped:  # vanished entries lose their failure records; uploads stay for verify
                 conn.execute("DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)")
-            if not sizes_written:
+            if direct_totals is not None:
+                own = {directory: nbytes for directory, (_, nbytes) in direct_totals.items()}
+                self.put_dir_sizes((t, d) for d, t in roll_up(own).items() if t)
+            elif not sizes_written:
                 self._roll_up_dir_sizes()
             _record_crawl_counts(conn, crawl_id)
-            tallies.recount(conn, self.get_meta("plan_subdir") or "")
+            scope = self.get_meta("plan_subdir") or ""
+            known = None
+            if direct_totals is not None and scope == "":
+                known = (
+                    sum(files for files, _ in direct_totals.values()),
+                    sum(nbytes for _, nbytes in direct_totals.values()),
+                )
+            tallies.recount(conn, scope, known=known)
+            treetallies.recount(conn, direct_totals)
         return dropped
 
     def _drop_unseen(self, crawl_id: int, keep: set[str]) -> int:
@@ -283,7 +309,7 @@ class EntryTables(StateDb):
 
         - ``wal_autocheckpoint = 0``: the writer never stops to copy the WAL into the
           database; the crawl does that from a second connection in the background
-          (``crawl._Checkpointer``), and this method once more on the way out.
+          (``pipeline.crawl.WalCheckpointer``), and this method once more on the way out.
         - ``synchronous = OFF``: in WAL mode a commit does not sync under NORMAL either;
           what OFF leaves out is the sync around checkpoints, and this connection makes
           none (the background ones and the last one run with NORMAL). So a power loss

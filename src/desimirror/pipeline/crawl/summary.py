@@ -57,7 +57,12 @@ class CrawlSummary:
         }
 
 
-def close_crawl(manifest: Manifest, summary: CrawlSummary, keep: list[str]) -> None:
+def close_crawl(
+    manifest: Manifest,
+    summary: CrawlSummary,
+    keep: list[str],
+    direct_totals: dict[str, list[int]] | None = None,
+) -> None:
     """Close a crawl: drop what vanished except under ``keep``, total the directories.
 
     A crawl that met unreadable directories (or entries it could not stat) does not know
@@ -65,7 +70,14 @@ def close_crawl(manifest: Manifest, summary: CrawlSummary, keep: list[str]) -> N
     permission or filesystem hiccup look like deleted data, and status would under-count
     the release; so those subtrees keep what an earlier crawl saw (the uploader re-checks
     every file before sending it), while everything the crawl did see is authoritative.
+    ``direct_totals``: see :meth:`Manifest.close_crawl`.
     """
-    summary.vanished = manifest.close_crawl(summary.crawl_id, keep=keep)
+    summary.vanished = manifest.close_crawl(
+        summary.crawl_id, keep=keep, direct_totals=direct_totals
+    )
     summary.complete = not keep
-    summary.files, summary.bytes = manifest.uploadable_totals()
+    if direct_totals is not None and not keep:  # summed as the rows were written
+        summary.files = sum(files for files, _ in direct_totals.values())
+        summary.bytes = sum(nbytes for _, nbytes in direct_totals.values())
+    else:
+        summary.files, summary.bytes = manifest.uploadable_totals()
