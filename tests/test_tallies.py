@@ -16,7 +16,13 @@ import pytest
 
 from desimirror.pipeline.status import mirror_status
 from desimirror.state import schema, tallies, treetallies, treeview
-from desimirror.state.manifest import FAILURE_REASONS, Entry, Manifest, UploadRecord
+from desimirror.state.manifest import (
+    FAILURE_REASONS,
+    OPEN_FAILURES,
+    Entry,
+    Manifest,
+    UploadRecord,
+)
 
 
 @pytest.fixture
@@ -57,9 +63,12 @@ def _assert_tree_equals_scan(manifest: Manifest) -> None:
     """Every directory's kept states equal a recount, and the root's agree with status."""
     kept = treetallies.kept(manifest.conn)
     assert kept == {k: v for k, v in treetallies.scan(manifest.conn).items() if v != [0, 0]}
+    assert treetallies.sent_kept(manifest.conn) == treetallies.sent_scan(manifest.conn)
     root = treetallies.of(manifest.conn, "")
     failed = {state: files for state, (files, _) in root.items() if state in FAILURE_REASONS}
     assert failed == manifest.failure_counts()
+    open_failures = f"SELECT f.reason, count(*){OPEN_FAILURES} GROUP BY 1"
+    assert failed == dict(manifest.conn.execute(open_failures))
     totals = manifest.scanned_totals()
     assert sum(f for s, (f, _) in root.items() if s != "gone") == totals["files"]
     done = sum(f for s, (f, _) in root.items() if s.startswith("done:"))

@@ -142,7 +142,9 @@ def _running_counts(conn: sqlite3.Connection) -> None:
 
 def _tree_tallies(conn: sqlite3.Connection) -> None:
     """4: the states below each directory, kept as uploads are recorded, for the web view
-    (see :mod:`desimirror.state.treetallies`); counted here once for an existing db."""
+    and the objects sent per minute, for the throughput chart (see
+    :mod:`desimirror.state.treetallies`), counted here once for an existing db; and the
+    failures by time, so the latest are read without sorting them all."""
     _run(
         conn,
         """
@@ -154,9 +156,16 @@ def _tree_tallies(conn: sqlite3.Connection) -> None:
             bytes INTEGER NOT NULL,       -- ... and their bytes
             PRIMARY KEY (parent, name, state)
         ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS failures_by_time ON failures (at);
+        CREATE TABLE IF NOT EXISTS sent_tallies (
+            minute INTEGER PRIMARY KEY,   -- its first second (epoch)
+            files INTEGER NOT NULL,       -- objects sent (not adopted) last in that minute
+            bytes INTEGER NOT NULL
+        );
         """,
     )
     treetallies.recount(conn)
+    treetallies.recount_sent(conn)
 
 
 #: Migration N brings a db from user_version N-1 to N.

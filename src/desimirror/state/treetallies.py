@@ -19,6 +19,10 @@ Kept exact in the same transactions as the rows they count, like :mod:`tallies`:
   that changed a reference) counts everything again (:func:`recount`).
 
 While a crawl runs the rows stay those of the last crawl that closed.
+
+``sent_tallies`` holds, for each minute, the objects sent (not adopted) whose upload record
+was last written in it, and their bytes: the view's throughput chart, without a grouping of
+every upload record. Kept by the same before-and-after states.
 """
 
 from __future__ import annotations
@@ -42,8 +46,12 @@ STATE = (
 #: The bytes a path counts for: the file's (the object's for a gone one).
 _BYTES = f"CASE WHEN {UPLOADABLE} THEN e.size ELSE u.size END"
 
+#: The minute an object was last sent in (NULL: adopted, not sent), as the chart counts it.
+_MINUTE = "CASE WHEN NOT u.adopted THEN CAST(u.uploaded_at / 60 AS INTEGER) * 60 END"
+
 _STATES_OF = (
-    f"SELECT j.value, {STATE}, {_BYTES} FROM (SELECT DISTINCT value FROM json_each(?)) j"
+    f"SELECT j.value, {STATE}, {_BYTES}, {_MINUTE}, u.size"
+    " FROM (SELECT DISTINCT value FROM json_each(?)) j"
     " LEFT JOIN entries e ON e.path = j.value LEFT JOIN uploads u ON u.path = j.value"
     " LEFT JOIN failures f ON f.path = j.value"
 )
@@ -67,31 +75,47 @@ _ADD = (
     " SET files = files + excluded.files, bytes = bytes + excluded.bytes"
 )
 _DROP_EMPTY = "DELETE FROM tree_tallies WHERE parent = ? AND name = ? AND state = ? AND files = 0"
+_ADD_SENT = (
+    "INSERT INTO sent_tallies (minute, files, bytes) VALUES (?, ?, ?) ON CONFLICT (minute)"
+    " DO UPDATE SET files = files + excluded.files, bytes = bytes + excluded.bytes"
+)
+_SENT = (
+    "SELECT CAST(uploaded_at / 60 AS INTEGER) * 60, count(*), sum(size) FROM uploads"
+    " WHERE NOT adopted GROUP BY 1"
+)
 
-#: (path, state, bytes) of one file or gone object.
-PathState = tuple[str, str, int]
+#: (path, state, bytes, minute sent, object bytes) of one path: see :func:`states`.
+PathState = tuple[str, str | None, int | None, int | None, int | None]
 #: (directory, state) -> [files, bytes].
 Counts = dict[tuple[str, str], list[int]]
 
 
 def states(conn: sqlite3.Connection, paths: Sequence[str]) -> list[PathState]:
-    """The state of each of ``paths`` that has one (see :data:`STATE`), to take before and
-    after changing their rows."""
+    """The state of each of ``paths`` (see :data:`STATE`) with its bytes, and the minute
+    its object was last sent in with the object's bytes, to take before and after changing
+    their rows; paths with neither are left out."""
     if not paths:
         return []
     rows = conn.execute(_STATES_OF, (json.dumps(list(paths)),))
-    return [row for row in rows if row[1] is not None]
+    return [row for row in rows if row[1] is not None or row[3] is not None]
 
 
 def apply_change(
     conn: sqlite3.Connection, before: Iterable[PathState], after: Iterable[PathState]
 ) -> None:
     """Add ``after - before`` (two :func:`states` of the same paths) to every directory
-    above each path; inside the transaction that changed them."""
+    above each path, and to the minutes the objects were sent in; inside the transaction
+    that changed them."""
     counts: Counts = defaultdict(lambda: [0, 0])
+    sent: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for sign, rows in ((-1, before), (1, after)):
-        for path, state, nbytes in rows:
-            _add_above(counts, path.rpartition("/")[0], state, sign, sign * nbytes)
+        for path, state, nbytes, minute, object_bytes in rows:
+            if state is not None:
+                _add_above(counts, path.rpartition("/")[0], state, sign, sign * nbytes)
+            if minute is not None:
+                count = sent[minute]
+                count[0] += sign
+                count[1] += sign * object_bytes
     changed = [
         (*_key(directory), state, files, nbytes)
         for (directory, state), (files, nbytes) in counts.items()
@@ -99,6 +123,29 @@ def apply_change(
     ]
     conn.executemany(_ADD, changed)
     conn.executemany(_DROP_EMPTY, [row[:3] for row in changed if row[3] < 0])
+    moved = [(minute, files, nbytes) for minute, (files, nbytes) in sent.items() if files or nbytes]
+    conn.executemany(_ADD_SENT, moved)
+    conn.executemany(
+        "DELETE FROM sent_tallies WHERE minute = ? AND files = 0",
+        [(minute,) for minute, files, _ in moved if files < 0],
+    )
+
+
+def recount_sent(conn: sqlite3.Connection) -> None:
+    """Count the objects sent per minute afresh from the upload records (a migration)."""
+    conn.execute("DELETE FROM sent_tallies")
+    conn.execute(f"INSERT INTO sent_tallies (minute, files, bytes) {_SENT}")
+
+
+def sent_scan(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    """minute -> (objects, bytes) sent in it, by reading the upload records."""
+    return {minute: (files, nbytes) for minute, files, nbytes in conn.execute(_SENT)}
+
+
+def sent_kept(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    """The kept counts of objects sent per minute, as :func:`sent_scan` returns them."""
+    rows = conn.execute("SELECT minute, files, bytes FROM sent_tallies")
+    return {minute: (files, nbytes) for minute, files, nbytes in rows}
 
 
 def recount(conn: sqlite3.Connection, direct_totals: dict[str, list[int]] | None = None) -> None:

@@ -13,7 +13,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from desimirror.state import treetallies
-from desimirror.state.manifest import NOT_DONE, OPEN_FAILURES, UPLOADABLE, Manifest, subtree_range
+from desimirror.state.manifest import (
+    FAILURE_REASONS,
+    NOT_DONE,
+    OPEN_FAILURES,
+    UPLOADABLE,
+    Manifest,
+    subtree_range,
+)
 
 #: States of an uploadable file, as the view colours them: ``done:PROOF`` (one per proof
 #: kind, see :class:`~desimirror.state.manifest.UploadRecord`), ``pending``, each failure
@@ -54,6 +61,11 @@ AND (:lo = '' OR (f.path >= :lo AND f.path < :hi))
 _PER_MINUTE = """
 SELECT CAST(uploaded_at / :step AS INTEGER) * :step AS t, count(*), coalesce(sum(size), 0)
 FROM uploads WHERE NOT adopted GROUP BY t ORDER BY t
+"""
+
+_PER_KEPT_MINUTE = """
+SELECT CAST(minute / :step AS INTEGER) * :step AS t, sum(files), sum(bytes)
+FROM sent_tallies GROUP BY t ORDER BY t
 """
 
 _RUNS = "SELECT id, started, finished, files, bytes FROM upload_runs ORDER BY id"
@@ -172,7 +184,11 @@ def failures(
     (any case), at or below the directory ``under``."""
     lo, hi = subtree_range(under) if under else ("", "")
     args = {"reason": reason, "text": text.lower(), "lo": lo, "hi": hi}
-    (count,) = manifest.conn.execute(f"SELECT count(*) FROM ({_FAILURES})", args).fetchone()
+    kept = treetallies.of(manifest.conn, under) if not text else {}
+    if kept:  # counted below the directory by the tree's counts, not by a scan
+        count = sum(v[0] for r, v in kept.items() if r in FAILURE_REASONS and reason in (None, r))
+    else:
+        (count,) = manifest.conn.execute(f"SELECT count(*) FROM ({_FAILURES})", args).fetchone()
     rows = manifest.conn.execute(
         f"{_FAILURES} ORDER BY f.at DESC LIMIT :limit", {**args, "limit": limit}
     )
@@ -181,8 +197,10 @@ def failures(
 
 def sent_per_interval(manifest: Manifest, step: int = 60) -> list[tuple[int, int, int]]:
     """(interval start, files, bytes) confirmed per ``step`` seconds by the upload records
-    (objects sent, not adopted), in time order. A file sent again counts at its last send."""
-    return manifest.conn.execute(_PER_MINUTE, {"step": int(step)}).fetchall()
+    (objects sent, not adopted), in time order. A file sent again counts at its last send.
+    For a ``step`` of whole minutes, from the counts kept per minute (:mod:`treetallies`)."""
+    query = _PER_MINUTE if step % 60 else _PER_KEPT_MINUTE
+    return manifest.conn.execute(query, {"step": int(step)}).fetchall()
 
 
 def upload_runs(manifest: Manifest) -> list[Run]:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from desimirror.state import tallies, treetallies
 from desimirror.state.entries import EntryTables
 from desimirror.state.records import (
+    FAILURE_REASONS,
     NOT_DONE,
     OPEN_FAILURES,
     UPLOADABLE,
@@ -205,8 +206,9 @@ class UploadTables(EntryTables):
 
     def failure_counts(self) -> dict[str, int]:
         """reason -> files not mirrored for it (:data:`OPEN_FAILURES`: uploadable files
-        not done, as the tree view counts them)."""
-        return dict(self.conn.execute(f"SELECT f.reason, count(*){OPEN_FAILURES} GROUP BY 1"))
+        not done), as the tree's counts for the root hold them."""
+        root = treetallies.of(self.conn, "")
+        return {reason: root[reason][0] for reason in FAILURE_REASONS if reason in root}
 
     def recent_failures(self, limit: int) -> list[tuple[str, str, str, int]]:
         """(path, reason, error, attempts) of the latest failures that count, newest first."""
