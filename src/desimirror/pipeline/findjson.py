@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii  # what json.dump uses for ensure_ascii
@@ -285,11 +285,12 @@ class _Frame:
     """One open node while importing: its path (None if skipped) and the size check; with
     a local tree, its open directory (None for a skipped one, or one let go when deep)."""
 
-    __slots__ = ("children", "fd", "names", "path", "size", "type")
+    __slots__ = ("bytes", "children", "fd", "files", "names", "path", "size", "type")
 
     def __init__(self, path: str | None, typ: int, size: int, fd: int | None = None) -> None:
         self.path, self.type, self.size, self.fd = path, typ, size, fd
         self.children = 0  # the sum of the children's declared sizes
+        self.files = self.bytes = 0  # the uploadables recorded below it
         self.names: set[str] = set()
 
 
@@ -486,9 +487,12 @@ def import_tree_json(
         stack.append(_Frame("", typ, size, local.root_fd if local else None))
         progress.start("import")
         first = not manifest.has_entries()
+        # nothing is done or failed: every file of a first import is pending, and the
+        # tree's counts are written as the directories are left, not counted at the end
+        counts_pending = first and manifest.start_pending_counts()
         try:
             with _import_writes(manifest, first):
-                direct = _load(nodes, stack, manifest, summary, progress, local)
+                totals = _load(nodes, stack, manifest, summary, progress, local, counts_pending)
         except UsageError as exc:
             # recorded, and left unfinished: what was loaded is not the tree
             with manifest.atomic():
@@ -501,7 +505,7 @@ def import_tree_json(
         progress.close()
         if local is not None:
             local.close(stack)
-    close_crawl(manifest, summary, [], direct)
+    close_crawl(manifest, summary, [], totals=totals, tree_counted=counts_pending)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -532,12 +536,15 @@ def _load(
     summary: CrawlSummary,
     progress: Progress,
     local: LocalTree | None,
-) -> dict[str, list[int]]:
+    counts_pending: bool,
+) -> tuple[int, int]:
     """Write every node below the root (alone on ``stack``) into the manifest, in chunks
-    of rows; with a ``local`` tree, as stat'ed there. Returns directory -> [files, bytes]
-    of the uploadables written directly in it, every directory written among them."""
+    of rows; with a ``local`` tree, as stat'ed there. Each directory's size is written as
+    the import leaves it (the sum of the uploadables recorded below it), and with
+    ``counts_pending`` its count of pending files too. Returns (files, bytes) of the
+    uploadables recorded."""
     root = stack[0]
-    direct: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
+    closed: list[tuple[str, int, int]] = []  # (path, files, bytes) of directories left
     rows = [(local.root_entry() if local else Entry("", "dir", 0)).row()]
     errors: list[tuple[str, str]] = []
     mismatched = 0
@@ -551,15 +558,7 @@ def _load(
 
     def flush() -> None:
         nonlocal uploadable
-        nbytes = 0
-        for row in rows:
-            if row[3] == "file" or row[7] == "file":
-                totals = direct[row[1]]
-                totals[0] += 1
-                totals[1] += row[4]
-                nbytes += row[4]
-            elif row[3] == "dir":
-                direct[row[0]]  # every directory, for the roll-up of their sizes
+        nbytes = sum(r[4] for r in rows if r[3] == "file" or r[7] == "file")
         uploadable += nbytes
         if uploadable > MAX_SIZE:
             raise UsageError("the files' sizes add up to more than 2^63-1 bytes")
@@ -567,10 +566,12 @@ def _load(
         with manifest.atomic():  # a savepoint inside the import's transaction, if it has one
             manifest.put_crawl_rows(summary.crawl_id, rows)
             manifest.put_crawl_errors(summary.crawl_id, errors)
+            manifest.put_dir_totals(closed, pending=counts_pending)
         summary.entries += len(rows)
         progress.advance(files=len(rows), nbytes=nbytes)
         rows.clear()
         errors.clear()
+        closed.clear()
 
     for node in nodes:
         if node is None:
@@ -579,7 +580,12 @@ def _load(
                 local.leave(done)
             mismatched += done.type == DIRECTORY and done.children != done.size
             if stack:
-                stack[-1].children += done.size
+                above = stack[-1]
+                above.children += done.size
+                above.files += done.files
+                above.bytes += done.bytes
+            if done.files and done.path is not None:
+                closed.append((done.path, done.files, done.bytes))
             continue
         parent = stack[-1]
         name, typ, size, leaf = node
@@ -592,10 +598,16 @@ def _load(
             rows.append(
                 (path, parent.path, name, kind, 0 if typ == DIRECTORY else size, *_UNKNOWN_STAT)
             )
+            if typ == FILE:
+                parent.files += 1
+                parent.bytes += size
         else:
             entry, problem, fd = local.look(stack, name, path, typ, size, not leaf)
             if entry is not None:
                 rows.append(entry.row())
+                if entry.kind == "file" or entry.link_kind == "file":
+                    parent.files += 1
+                    parent.bytes += entry.size
             if problem is not None:
                 error(path, problem)
             if fd is None:
@@ -623,7 +635,7 @@ def _load(
                 f"directories find.json lists that are symlinks here: {local.linked_dirs:,}; "
                 "recorded as symlinks (not uploaded), their contents where they really are"
             )
-    return direct
+    return root.files, root.bytes
 
 
 #: mtime_ns, link_target, link_kind, ctime_ns, ino, dev of an entry find.json alone tells.

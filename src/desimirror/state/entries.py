@@ -100,6 +100,7 @@ class EntryTables(StateDb):
         and its errors, leaving the crawl unfinished; inside :meth:`atomic`."""
         self.conn.execute("DELETE FROM entries")
         self.conn.execute("DELETE FROM crawl_errors WHERE crawl_id = ?", (crawl_id,))
+        treetallies.recount(self.conn)  # the tree's counts it wrote, gone with its entries
 
     def put_crawl_errors(self, crawl_id: int, errors: Iterable[tuple[str, str]]) -> int:
         """Record (path, message) pairs; call inside :meth:`atomic`."""
@@ -116,7 +117,8 @@ class EntryTables(StateDb):
         keep: Iterable[str] = (),
         sizes_written: bool = False,
         earlier_entries: bool = True,
-        direct_totals: dict[str, list[int]] | None = None,
+        totals: tuple[int, int] | None = None,
+        tree_counted: bool = False,
     ) -> int:
         """Mark crawl ``crawl_id`` finished, the one way a crawl or an import ends.
 
@@ -129,33 +131,24 @@ class EntryTables(StateDb):
         never gets here stays unfinished, and the commands that need the whole tree refuse
         it (:meth:`require_whole_tree`).
 
-        ``direct_totals`` (an import, which sums as it reads): directory -> [files, bytes]
-        of the uploadables the crawl wrote directly in it, every directory it wrote among
-        them. With no ``keep`` they are the whole tree's, so the directory sizes, the
-        totals and, while nothing is uploaded or failed, the tree's counts come from them
-        instead of passes over ten million rows.
+        An import sums as it reads: ``totals`` are (files, bytes) of the uploadables it
+        wrote, with no ``keep`` the whole tree's, and ``tree_counted`` says it wrote the
+        tree's counts too (:meth:`put_dir_totals`), so neither needs a pass over ten
+        million rows here.
         """
         if keep:
-            direct_totals = None
+            totals, tree_counted = None, False
         with self.atomic() as conn:
             dropped = self._drop_unseen(crawl_id, set(keep)) if earlier_entries else 0
             if dropped:  # vanished entries lose their failure records; uploads stay for verify
                 conn.execute("DELETE FROM failures WHERE path NOT IN (SELECT path FROM entries)")
-            if direct_totals is not None:
-                own = {directory: nbytes for directory, (_, nbytes) in direct_totals.items()}
-                self.put_dir_sizes((t, d) for d, t in roll_up(own).items() if t)
-            elif not sizes_written:
+            if not sizes_written:
                 self._roll_up_dir_sizes()
             _record_crawl_counts(conn, crawl_id)
             scope = self.get_meta("plan_subdir") or ""
-            known = None
-            if direct_totals is not None and scope == "":
-                known = (
-                    sum(files for files, _ in direct_totals.values()),
-                    sum(nbytes for _, nbytes in direct_totals.values()),
-                )
-            tallies.recount(conn, scope, known=known)
-            treetallies.recount(conn, direct_totals)
+            tallies.recount(conn, scope, known=totals if scope == "" else None)
+            if not tree_counted:
+                treetallies.recount(conn)
         return dropped
 
     def _drop_unseen(self, crawl_id: int, keep: set[str]) -> int:
@@ -355,6 +348,24 @@ class EntryTables(StateDb):
         """
         self.conn.executemany(_upsert_entries(crawl_id, with_sha256=False), rows)
         return len(rows)
+
+    def start_pending_counts(self) -> bool:
+        """Empty the tree's counts for an import to write as it goes (:meth:`put_dir_totals`)
+        if nothing is uploaded or failed, and say whether it did; inside :meth:`atomic`
+        or not (a first import's own transaction)."""
+        if treetallies.has_records(self.conn):
+            return False
+        with self.atomic() as conn:
+            conn.execute("DELETE FROM tree_tallies")
+        return True
+
+    def put_dir_totals(self, totals: Sequence[tuple[str, int, int]], *, pending: bool) -> None:
+        """``(path, files, bytes)`` of the uploadables below directories: their sizes, and
+        with ``pending`` their counts as pending (:meth:`start_pending_counts`); inside
+        :meth:`atomic`. For an import, which sums each directory as it leaves it."""
+        self.put_dir_sizes((nbytes, path) for path, _, nbytes in totals)
+        if pending:
+            treetallies.put_pending(self.conn, totals)
 
     def put_dir_sizes(self, sizes: Iterable[tuple[int, str]]) -> None:
         """Set ``(size, path)`` for directories; call inside :meth:`atomic`. For a crawl

@@ -148,39 +148,43 @@ def sent_kept(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
     return {minute: (files, nbytes) for minute, files, nbytes in rows}
 
 
-def recount(conn: sqlite3.Connection, direct_totals: dict[str, list[int]] | None = None) -> None:
-    """Count every directory's states afresh; inside a transaction. ``direct_totals``:
-    see :func:`scan`."""
+def recount(conn: sqlite3.Connection) -> None:
+    """Count every directory's states afresh from the tables; inside a transaction."""
     conn.execute("DELETE FROM tree_tallies")
     conn.executemany(
         "INSERT INTO tree_tallies (parent, name, state, files, bytes) VALUES (?, ?, ?, ?, ?)",
-        [
-            (*_key(d), state, files, nbytes)
-            for (d, state), (files, nbytes) in scan(conn, direct_totals).items()
-            if files
-        ],
+        [(*_key(d), state, files, nbytes) for (d, state), (files, nbytes) in scan(conn).items()],
     )
 
 
-def scan(conn: sqlite3.Connection, direct_totals: dict[str, list[int]] | None = None) -> Counts:
+def has_records(conn: sqlite3.Connection) -> bool:
+    """Whether any file has an upload record or a failure (else every file is pending)."""
+    return bool(
+        conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM uploads) OR EXISTS (SELECT 1 FROM failures)"
+        ).fetchone()[0]
+    )
+
+
+def put_pending(conn: sqlite3.Connection, totals: Iterable[tuple[str, int, int]]) -> None:
+    """Write ``(directory, files, bytes)`` below directories as their pending counts (an
+    import that sums each directory as it leaves it, with nothing uploaded or failed)."""
+    conn.executemany(
+        "INSERT INTO tree_tallies (parent, name, state, files, bytes)"
+        " VALUES (?, ?, 'pending', ?, ?)",
+        [(*_key(directory), files, nbytes) for directory, files, nbytes in totals],
+    )
+
+
+def scan(conn: sqlite3.Connection) -> Counts:
     """(directory, state) -> [files, bytes] below it, by reading the tables: what the kept
     rows must always equal. Without upload records or failures every file is pending, and
-    one grouping of the entries by parent says it all; or ``direct_totals`` (directory ->
-    [files, bytes] of every uploadable entry directly in it) says it without a pass."""
+    one grouping of the entries by parent says it all."""
     counts: Counts = defaultdict(lambda: [0, 0])
-    has_records = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM uploads) OR EXISTS (SELECT 1 FROM failures)"
-    ).fetchone()[0]
-    if has_records:
-        rows = conn.execute(_BY_PARENT)
-    elif direct_totals is not None:
-        rows = ((d, "pending", files, nbytes) for d, (files, nbytes) in direct_totals.items())
-    else:
-        rows = conn.execute(_PENDING_BY_PARENT)
-    for parent, state, files, nbytes in rows:
-        if files:
-            _add_above(counts, parent, state, files, nbytes)
-    if has_records:
+    records = has_records(conn)
+    for parent, state, files, nbytes in conn.execute(_BY_PARENT if records else _PENDING_BY_PARENT):
+        _add_above(counts, parent, state, files, nbytes)
+    if records:
         for path, nbytes in conn.execute(_GONE):
             _add_above(counts, path.rpartition("/")[0], "gone", 1, nbytes)
     return dict(counts)

@@ -61,7 +61,9 @@ def close_crawl(
     manifest: Manifest,
     summary: CrawlSummary,
     keep: list[str],
-    direct_totals: dict[str, list[int]] | None = None,
+    *,
+    totals: tuple[int, int] | None = None,
+    tree_counted: bool = False,
 ) -> None:
     """Close a crawl: drop what vanished except under ``keep``, total the directories.
 
@@ -70,14 +72,18 @@ def close_crawl(
     permission or filesystem hiccup look like deleted data, and status would under-count
     the release; so those subtrees keep what an earlier crawl saw (the uploader re-checks
     every file before sending it), while everything the crawl did see is authoritative.
-    ``direct_totals``: see :meth:`Manifest.close_crawl`.
+    ``totals`` and ``tree_counted`` (an import, which writes the directory sizes as it
+    reads): see :meth:`Manifest.close_crawl`.
     """
     summary.vanished = manifest.close_crawl(
-        summary.crawl_id, keep=keep, direct_totals=direct_totals
+        summary.crawl_id,
+        keep=keep,
+        sizes_written=totals is not None,
+        totals=totals,
+        tree_counted=tree_counted,
     )
     summary.complete = not keep
-    if direct_totals is not None and not keep:  # summed as the rows were written
-        summary.files = sum(files for files, _ in direct_totals.values())
-        summary.bytes = sum(nbytes for _, nbytes in direct_totals.values())
+    if totals is not None and not keep:  # summed as the rows were written
+        summary.files, summary.bytes = totals
     else:
         summary.files, summary.bytes = manifest.uploadable_totals()
