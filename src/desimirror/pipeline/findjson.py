@@ -455,9 +455,9 @@ def import_tree_json(
     node is then stat'ed there (see :class:`LocalTree`), so the import can be uploaded and
     verified like a crawl. The db is bound to the root and to the JSON root's name.
 
-    The entries are written in one transaction: a file that turns out bad half-way (a
-    syntax error, an unsafe name like ``..``, a bad size, nesting past :data:`MAX_DEPTH`)
-    changes no entry, and the failed import is recorded as a crawl with one error. Names
+    A file that turns out bad half-way (a syntax error, an unsafe name like ``..``, a bad
+    size, nesting past :data:`MAX_DEPTH`) changes no entry (see :func:`_import_writes`),
+    and the failed import is recorded as a crawl with one error. Names
     that are not valid UTF-8 (escaped surrogates, which an S3 key cannot hold) and
     repeated names are skipped with their subtrees and recorded as crawl errors.
     """
@@ -516,8 +516,8 @@ def _import_writes(manifest: Manifest, first: bool) -> Iterator[None]:
     transaction, so that a file bad half-way changes nothing. Into one that holds none (a
     first import): a transaction per chunk with the WAL copied into the db in the
     background, as a crawl writes, so the WAL stays small instead of growing to the size
-    of the db (3.5 GB at ten million entries, each page read then searched for in all of
-    it); a file bad half-way has its rows deleted again
+    of the db and being copied into it at the end (3.5 GB at ten million entries); a file
+    bad half-way has its rows deleted again
     (:meth:`Manifest.discard_first_crawl`), and a kill leaves an unfinished crawl, which
     the commands that need the whole tree refuse, as after a crawl killed."""
     with manifest.bulk_load(drop_parent_index=first):
