@@ -106,16 +106,22 @@ def apply_change(
     """Add ``after - before`` (two :func:`states` of the same paths) to every directory
     above each path, and to the minutes the objects were sent in; inside the transaction
     that changed them."""
-    counts: Counts = defaultdict(lambda: [0, 0])
+    direct: Counts = defaultdict(lambda: [0, 0])  # by parent first: a commit's files share few
     sent: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for sign, rows in ((-1, before), (1, after)):
         for path, state, nbytes, minute, object_bytes in rows:
             if state is not None:
-                _add_above(counts, path.rpartition("/")[0], state, sign, sign * nbytes)
+                count = direct[(path.rpartition("/")[0], state)]
+                count[0] += sign
+                count[1] += sign * nbytes
             if minute is not None:
                 count = sent[minute]
                 count[0] += sign
                 count[1] += sign * object_bytes
+    counts: Counts = defaultdict(lambda: [0, 0])
+    for (parent, state), (files, nbytes) in direct.items():
+        if files or nbytes:
+            _add_above(counts, parent, state, files, nbytes)
     changed = [
         (*_key(directory), state, files, nbytes)
         for (directory, state), (files, nbytes) in counts.items()
