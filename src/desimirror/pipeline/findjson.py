@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii  # what json.dump uses for ensure_ascii
+from operator import itemgetter
 from pathlib import Path
 from typing import TextIO
 
@@ -549,6 +550,7 @@ def _load(
     errors: list[tuple[str, str]] = []
     mismatched = 0
     uploadable = 0  # bytes: their sum must fit the db's integers too
+    chunk_bytes = 0  # of the uploadables in rows
 
     def error(path: str, message: str) -> None:
         summary.errors += 1
@@ -557,12 +559,12 @@ def _load(
         errors.append((path, message))
 
     def flush() -> None:
-        nonlocal uploadable
-        nbytes = sum(r[4] for r in rows if r[3] == "file" or r[7] == "file")
+        nonlocal uploadable, chunk_bytes
+        nbytes, chunk_bytes = chunk_bytes, 0
         uploadable += nbytes
         if uploadable > MAX_SIZE:
             raise UsageError("the files' sizes add up to more than 2^63-1 bytes")
-        summary.kinds.update(r[3] for r in rows)
+        summary.kinds.update(map(itemgetter(3), rows))
         with manifest.atomic():  # a savepoint inside the import's transaction, if it has one
             manifest.put_crawl_rows(summary.crawl_id, rows)
             manifest.put_crawl_errors(summary.crawl_id, errors)
@@ -601,6 +603,7 @@ def _load(
             if typ == FILE:
                 parent.files += 1
                 parent.bytes += size
+                chunk_bytes += size
         else:
             entry, problem, fd = local.look(stack, name, path, typ, size, not leaf)
             if entry is not None:
@@ -608,6 +611,7 @@ def _load(
                 if entry.kind == "file" or entry.link_kind == "file":
                     parent.files += 1
                     parent.bytes += entry.size
+                    chunk_bytes += entry.size
             if problem is not None:
                 error(path, problem)
             if fd is None:
