@@ -516,8 +516,8 @@ def _import_writes(manifest: Manifest, first: bool) -> Iterator[None]:
     """How an import writes its chunks of rows. Into a db that holds a tree: in one
     transaction, so that a file bad half-way changes nothing. Into one that holds none (a
     first import): a transaction per chunk with the WAL copied into the db in the
-    background, as a crawl writes, so the WAL stays small instead of growing to the size
-    of the db and being copied into it at the end (3.5 GB at ten million entries); a file
+    background, as a crawl writes, so the WAL stays small while the rows are written
+    instead of growing to the size of the db (3.5 GB at ten million entries); a file
     bad half-way has its rows deleted again
     (:meth:`Manifest.discard_first_crawl`), and a kill leaves an unfinished crawl, which
     the commands that need the whole tree refuse, as after a crawl killed."""
