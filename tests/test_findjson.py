@@ -18,6 +18,7 @@ from desimirror.pipeline.findjson import (
     iter_tree_json,
     write_tree_json,
 )
+from desimirror.state import treetallies
 from desimirror.state.manifest import Manifest
 from helpers import SHARED, assert_clean_error, run_cli
 
@@ -150,6 +151,29 @@ def test_unsafe_names_are_refused_and_nothing_is_written(
     errors = manifest.conn.execute("SELECT path, error FROM crawl_errors").fetchall()
     assert len(errors) == 1
     assert "import failed" in errors[0][1]
+
+
+def test_a_first_import_bad_half_way_leaves_no_entry(
+    tmp_path: Path, manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first import commits its rows in chunks: a bad node after some were committed
+    takes them all back out, and the db is as before, with the failure recorded."""
+    monkeypatch.setattr(treejson, "CHUNK_ROWS", 2)
+    good = [[f"f{i}", 1, 1] for i in range(9)]
+    with pytest.raises(UsageError, match="unsafe name"):
+        load(tmp_path, ["rel", 0, 10, ["a", 0, 9, *good], ["..", 1, 1]], manifest)
+    assert manifest.conn.execute("SELECT count(*) FROM entries").fetchone() == (0,)
+    errors = manifest.conn.execute("SELECT path, error FROM crawl_errors").fetchall()
+    assert len(errors) == 1
+    assert "import failed" in errors[0][1]
+    assert manifest.unfinished_crawl() is not None
+    summary = load(tmp_path, ["rel", 0, 9, ["a", 0, 9, *good]], manifest)  # then a good one
+    assert (summary.files, summary.bytes) == (9, 9)
+    assert manifest.get("a").size == 9
+    assert manifest.unfinished_crawl() is None
+    # the tree's counts, from the sums the import made as it read, equal a recount
+    assert treetallies.kept(manifest.conn) == treetallies.scan(manifest.conn)
+    assert treetallies.of(manifest.conn, "a") == {"pending": (9, 9)}
 
 
 @pytest.mark.parametrize("name", ["..", "a/b", ""])

@@ -1,4 +1,5 @@
-"""The running counts status reads (state/tallies.py) always equal a full recount.
+"""The running counts status reads (state/tallies.py), and the per-directory ones the web
+view reads (state/treetallies.py), always equal a full recount.
 
 status must answer in well under 2 s at ten million files, so it reads counts kept as
 uploads are recorded instead of joining entries with uploads; these tests replay the
@@ -14,8 +15,14 @@ from pathlib import Path
 import pytest
 
 from desimirror.pipeline.status import mirror_status
-from desimirror.state import tallies
-from desimirror.state.manifest import Entry, Manifest, UploadRecord
+from desimirror.state import schema, tallies, treetallies, treeview
+from desimirror.state.manifest import (
+    FAILURE_REASONS,
+    OPEN_FAILURES,
+    Entry,
+    Manifest,
+    UploadRecord,
+)
 
 
 @pytest.fixture
@@ -49,6 +56,23 @@ def _assert_kept_equals_scan(manifest: Manifest, scope: str = "") -> None:
     scanned = tallies.scan(manifest.conn, scope)
     assert {k: v for k, v in kept.items() if v} == {k: v for k, v in scanned.items() if v}
     assert manifest.totals(scope) == manifest.scanned_totals(scope)
+    _assert_tree_equals_scan(manifest)
+
+
+def _assert_tree_equals_scan(manifest: Manifest) -> None:
+    """Every directory's kept states equal a recount, and the root's agree with status."""
+    kept = treetallies.kept(manifest.conn)
+    assert kept == {k: v for k, v in treetallies.scan(manifest.conn).items() if v != [0, 0]}
+    assert treetallies.sent_kept(manifest.conn) == treetallies.sent_scan(manifest.conn)
+    root = treetallies.of(manifest.conn, "")
+    failed = {state: files for state, (files, _) in root.items() if state in FAILURE_REASONS}
+    assert failed == manifest.failure_counts()
+    open_failures = f"SELECT f.reason, count(*){OPEN_FAILURES} GROUP BY 1"
+    assert failed == dict(manifest.conn.execute(open_failures))
+    totals = manifest.scanned_totals()
+    assert sum(f for s, (f, _) in root.items() if s != "gone") == totals["files"]
+    done = sum(f for s, (f, _) in root.items() if s.startswith("done:"))
+    assert done == totals["files"] - totals["pending_files"]
 
 
 def test_kept_counts_equal_a_recount_through_crawl_upload_failure_and_recrawl(
@@ -150,3 +174,39 @@ def test_a_db_from_before_the_counts_is_scanned_then_counted_once(manifest: Mani
     manifest.ensure_tallies("")  # what an upload does first
     _assert_kept_equals_scan(manifest)
     assert manifest.proof_counts() == {"etag": 2}
+
+
+def test_a_failure_counts_only_while_its_file_is_not_done(manifest: Manifest) -> None:
+    """status, the view's cards and its tree count the same failures: of files not done."""
+    _crawl(manifest, {"a/x.fits": (3, 1), "a/y.fits": (4, 1)})
+    with manifest.atomic():
+        manifest.record_failure("a/x.fits", "error", "HTTP 500")
+        manifest.record_failure("a/y.fits", "error", "HTTP 503")
+    _record(manifest, "a/y.fits", 4, 1, "sha256")  # mirrored since: its failure is history
+    with manifest.atomic():  # a failure recorded for a file that is done changes nothing
+        manifest.record_failure("a/y.fits", "mismatch", "late")
+    _assert_kept_equals_scan(manifest)
+    assert manifest.failure_counts() == {"error": 1}
+    assert [p for p, *_ in manifest.recent_failures(10)] == ["a/x.fits"]
+    assert treeview.failures(manifest)[0] == 1
+    assert mirror_status(manifest)["failed"] == {"error": 1}
+    a = {c.name: c for c in treeview.children(manifest, "")}["a"]
+    assert a.states == {"error": (1, 3), "done:sha256": (1, 4)}
+
+
+def test_the_migration_counts_the_tree_of_an_existing_db(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with Manifest.open(db, create=True) as m:
+        _crawl(m, {"a/x.fits": (3, 1), "b/c/y.fits": (4, 1)})
+        _record(m, "b/c/y.fits", 4, 1, "etag")
+        with m.atomic() as conn:  # as a db of schema 3 has it: no such table
+            conn.execute("DROP TABLE tree_tallies")
+            conn.execute("PRAGMA user_version = 3")
+    with Manifest.open(db) as m:
+        assert schema.version(m.conn) == schema.LATEST
+        _assert_tree_equals_scan(m)
+        assert treetallies.of(m.conn, "b") == {"done:etag": (1, 4)}
+        assert treetallies.below(m.conn, "") == {
+            "a": {"pending": (1, 3)},
+            "b": {"done:etag": (1, 4)},
+        }

@@ -17,7 +17,16 @@ import pytest
 
 from desimirror.state.manifest import CHANGED, CORRUPT, FAILED, Manifest
 from helpers import DESIMIRROR, assert_clean_error, run_cli
-from view_helpers import card_value, chromium, page_ready, rows, serving, text_of, wait_for
+from view_helpers import (
+    card_value,
+    chromium,
+    firefox,
+    page_ready,
+    rows,
+    serving,
+    text_of,
+    wait_for,
+)
 
 FILES = {
     "spectro/data/20201214/a.fits": b"a" * 3000,
@@ -98,6 +107,21 @@ def test_the_page_shows_the_status_totals_and_the_failures(tmp_path: Path, brows
 def test_clicking_a_directory_shows_its_children_with_their_sizes_and_states(
     tmp_path: Path, browser
 ) -> None:
+    _click_through_the_tree(tmp_path, browser)
+
+
+def test_the_same_in_firefox(tmp_path: Path) -> None:
+    """The page works in Firefox too (Debian's firefox-esr), not only in Chromium."""
+    driver = firefox()
+    try:
+        _click_through_the_tree(tmp_path, driver)
+    finally:
+        driver.quit()
+
+
+def _click_through_the_tree(tmp_path: Path, browser) -> None:
+    """Into a directory and one further, each level's sizes and states as status counts
+    them, and back to the root by the breadcrumbs."""
     db = _crawled(tmp_path)
     _with_failures(db)
     with serving(db) as url:

@@ -4,11 +4,12 @@ of everything below each child, from the same definition of done that ``status``
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
-from desimirror.state import treeview
+from desimirror.state import treetallies, treeview
 from desimirror.state.manifest import CHANGED, CORRUPT, FAILED, Entry, Manifest, UploadRecord
 
 
@@ -147,15 +148,26 @@ def test_failures_filter_by_reason_text_and_directory(manifest: Manifest) -> Non
     assert len(treeview.failures(manifest, limit=1)[1]) == 1
 
 
-def test_sent_per_interval_counts_sent_objects_not_adopted_ones(manifest: Manifest) -> None:
+def test_sent_per_interval_counts_sent_objects_not_adopted_ones(
+    manifest: Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with manifest.atomic():
         manifest.record_mirrored(
             [UploadRecord("spectro/a/y.fits", "k", 200, 7, None, adopted=True)]
         )
-    manifest.conn.execute("UPDATE uploads SET uploaded_at = 125.0 WHERE path = 'target/t.fits'")
-    manifest.conn.execute("UPDATE uploads SET uploaded_at = 61.0 WHERE path = 'spectro/a/x.fits'")
+    for at, record in ((125.0, _sent("target/t.fits", 10)), (61.0, _sent("spectro/a/x.fits", 100))):
+        monkeypatch.setattr(time, "time", lambda at=at: at)  # sent again, at a known time
+        with manifest.atomic():
+            manifest.record_mirrored([record])
+    monkeypatch.undo()
     assert treeview.sent_per_interval(manifest, 60) == [(60, 1, 100), (120, 1, 10)]
     assert treeview.sent_per_interval(manifest, 600) == [(0, 2, 110)]
+    assert treeview.sent_per_interval(manifest, 50) == [(50, 1, 100), (100, 1, 10)]  # a scan
+    assert treetallies.sent_kept(manifest.conn) == treetallies.sent_scan(manifest.conn)
+    with manifest.atomic():  # an object forgotten is no longer counted where it was sent
+        manifest.forget_uploads(["target/t.fits"])
+    assert treeview.sent_per_interval(manifest, 60) == [(60, 1, 100)]
+    assert treetallies.sent_kept(manifest.conn) == treetallies.sent_scan(manifest.conn)
 
 
 def test_a_read_only_view_cannot_write_and_sees_other_writers(tmp_path: Path) -> None:
@@ -170,3 +182,25 @@ def test_a_read_only_view_cannot_write_and_sees_other_writers(tmp_path: Path) ->
         with Manifest.open(db) as writer:
             writer.set_meta("x", "y")
         assert treeview.change_token(viewer) != before
+
+
+def test_gone_objects_directly_in_a_directory_and_below_are_each_counted_once(
+    manifest: Manifest,
+) -> None:
+    """A directory "a.b" sorts after "a", its range before a/'s: each is counted once."""
+    extra = [Entry("spectro/a.b", "dir", 0), _file("spectro/a.b/z.fits", 7), _file("spectro/c", 3)]
+    crawl = manifest.begin_crawl("/release/edr")
+    with manifest.atomic():
+        manifest.put_entries(crawl, [*TREE, *extra])
+    manifest.close_crawl(crawl)
+    with manifest.atomic():
+        manifest.record_mirrored([_sent("spectro/a.b/z.fits", 7), _sent("spectro/c", 3)])
+    crawl = manifest.begin_crawl("/release/edr")
+    with manifest.atomic():  # both gone from the source; their objects remain
+        manifest.put_entries(crawl, TREE)
+    manifest.close_crawl(crawl)
+    spectro = _by_name(treeview.children(manifest, "spectro"))
+    assert (spectro["a.b"].kind, spectro["a.b"].states) == ("gone", {"gone": (1, 7)})
+    assert (spectro["c"].kind, spectro["c"].states) == ("gone", {"gone": (1, 3)})
+    assert spectro["a"].states == {"done:sha256": (1, 100), "pending": (1, 200)}
+    assert _by_name(treeview.children(manifest, ""))["spectro"].states["gone"] == (2, 10)

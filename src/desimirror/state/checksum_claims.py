@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from desimirror.state import tallies
+from desimirror.state import tallies, treetallies
 from desimirror.state.db import StateDb
 from desimirror.state.records import UPLOADABLE
 
@@ -100,6 +100,8 @@ class PublishedClaims(StateDb):
                 tallies.recount(conn, self.get_meta(tallies.SCOPE) or "")
             else:
                 tallies.set_claims(conn)
+            if cur.rowcount > 0:  # the same for the tree's counts, which are always kept
+                treetallies.recount(conn)
         return max(cur.rowcount, 0)
 
     def claim_count(self) -> int:

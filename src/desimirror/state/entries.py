@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from desimirror.state import tallies
+from desimirror.state import tallies, treetallies
 from desimirror.state.db import StateDb
 from desimirror.state.records import UPLOADABLE, Entry, roll_up, subtree_range
 
@@ -95,6 +95,13 @@ class EntryTables(StateDb):
         self.conn.executemany(_upsert_entries(crawl_id, with_sha256=True), rows)
         return len(rows)
 
+    def discard_first_crawl(self, crawl_id: int) -> None:
+        """Delete what a first crawl (of a db that held no entries) committed: every entry
+        and its errors, leaving the crawl unfinished; inside :meth:`atomic`."""
+        self.conn.execute("DELETE FROM entries")
+        self.conn.execute("DELETE FROM crawl_errors WHERE crawl_id = ?", (crawl_id,))
+        treetallies.recount(self.conn)  # the tree's counts it wrote, gone with its entries
+
     def put_crawl_errors(self, crawl_id: int, errors: Iterable[tuple[str, str]]) -> int:
         """Record (path, message) pairs; call inside :meth:`atomic`."""
         rows = [(crawl_id, p, m) for p, m in errors]
@@ -110,6 +117,8 @@ class EntryTables(StateDb):
         keep: Iterable[str] = (),
         sizes_written: bool = False,
         earlier_entries: bool = True,
+        totals: tuple[int, int] | None = None,
+        tree_counted: bool = False,
     ) -> int:
         """Mark crawl ``crawl_id`` finished, the one way a crawl or an import ends.
 
@@ -121,7 +130,14 @@ class EntryTables(StateDb):
         crawl) skips looking for entries to drop. Returns the number dropped. A crawl that
         never gets here stays unfinished, and the commands that need the whole tree refuse
         it (:meth:`require_whole_tree`).
+
+        An import sums as it reads: ``totals`` are (files, bytes) of the uploadables it
+        wrote, with no ``keep`` the whole tree's, and ``tree_counted`` says it wrote the
+        tree's counts too (:meth:`put_dir_totals`), so neither needs a pass over ten
+        million rows here.
         """
+        if keep:
+            totals, tree_counted = None, False
         with self.atomic() as conn:
             dropped = self._drop_unseen(crawl_id, set(keep)) if earlier_entries else 0
             if dropped:  # vanished entries lose their failure records; uploads stay for verify
@@ -129,7 +145,10 @@ class EntryTables(StateDb):
             if not sizes_written:
                 self._roll_up_dir_sizes()
             _record_crawl_counts(conn, crawl_id)
-            tallies.recount(conn, self.get_meta("plan_subdir") or "")
+            scope = self.get_meta("plan_subdir") or ""
+            tallies.recount(conn, scope, known=totals if scope == "" else None)
+            if not tree_counted:
+                treetallies.recount(conn)
         return dropped
 
     def _drop_unseen(self, crawl_id: int, keep: set[str]) -> int:
@@ -283,7 +302,7 @@ class EntryTables(StateDb):
 
         - ``wal_autocheckpoint = 0``: the writer never stops to copy the WAL into the
           database; the crawl does that from a second connection in the background
-          (``crawl._Checkpointer``), and this method once more on the way out.
+          (``pipeline.crawl.WalCheckpointer``), and this method once more on the way out.
         - ``synchronous = OFF``: in WAL mode a commit does not sync under NORMAL either;
           what OFF leaves out is the sync around checkpoints, and this connection makes
           none (the background ones and the last one run with NORMAL). So a power loss
@@ -329,6 +348,24 @@ class EntryTables(StateDb):
         """
         self.conn.executemany(_upsert_entries(crawl_id, with_sha256=False), rows)
         return len(rows)
+
+    def start_pending_counts(self) -> bool:
+        """Empty the tree's counts for an import to write as it goes (:meth:`put_dir_totals`)
+        if nothing is uploaded or failed, and say whether it did; inside :meth:`atomic`
+        or not (a first import's own transaction)."""
+        if treetallies.has_records(self.conn):
+            return False
+        with self.atomic() as conn:
+            conn.execute("DELETE FROM tree_tallies")
+        return True
+
+    def put_dir_totals(self, totals: Sequence[tuple[str, int, int]], *, pending: bool) -> None:
+        """``(path, files, bytes)`` of the uploadables below directories: their sizes, and
+        with ``pending`` their counts as pending (:meth:`start_pending_counts`); inside
+        :meth:`atomic`. For an import, which sums each directory as it leaves it."""
+        self.put_dir_sizes((nbytes, path) for path, _, nbytes in totals)
+        if pending:
+            treetallies.put_pending(self.conn, totals)
 
     def put_dir_sizes(self, sizes: Iterable[tuple[int, str]]) -> None:
         """Set ``(size, path)`` for directories; call inside :meth:`atomic`. For a crawl

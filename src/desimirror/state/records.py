@@ -31,6 +31,15 @@ NOT_DONE = (
     " OR (u.sha256 IS NOT NULL AND e.sha256 IS NOT NULL AND u.sha256 != e.sha256))"
 )
 
+#: The failures that count (as ``f``, with the entry ``e`` and its record ``u``): those of
+#: an uploadable file not done. A failure of a file since mirrored, or of an entry that is
+#: no longer uploaded, is history; ``status``, the view's cards and its tree all count
+#: these alone.
+OPEN_FAILURES = (
+    " FROM failures f CROSS JOIN entries e ON e.path = f.path"
+    f" LEFT JOIN uploads u ON u.path = f.path WHERE {UPLOADABLE} AND {NOT_DONE}"
+)
+
 
 @dataclass(frozen=True)
 class Entry:

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable
 
 from desimirror.errors import StateError
+from desimirror.state import treetallies
 
 BASE = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -156,12 +157,41 @@ def _worker_counts(conn: sqlite3.Connection) -> None:
     )
 
 
+def _tree_tallies(conn: sqlite3.Connection) -> None:
+    """5: the states below each directory, kept as uploads are recorded, for the web view
+    and the objects sent per minute, for the throughput chart (see
+    :mod:`desimirror.state.treetallies`), counted here once for an existing db; and the
+    failures by time, so the latest are read without sorting them all."""
+    _run(
+        conn,
+        """
+        CREATE TABLE IF NOT EXISTS tree_tallies (
+            parent TEXT NOT NULL,         -- the directory's parent and name ('' '' the root)
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,          -- done:PROOF, pending, a failure reason, gone
+            files INTEGER NOT NULL,       -- files (gone: objects) strictly below it ...
+            bytes INTEGER NOT NULL,       -- ... and their bytes
+            PRIMARY KEY (parent, name, state)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS failures_by_time ON failures (at);
+        CREATE TABLE IF NOT EXISTS sent_tallies (
+            minute INTEGER PRIMARY KEY,   -- its first second (epoch)
+            files INTEGER NOT NULL,       -- objects sent (not adopted) last in that minute
+            bytes INTEGER NOT NULL
+        );
+        """,
+    )
+    treetallies.recount(conn)
+    treetallies.recount_sent(conn)
+
+
 #: Migration N brings a db from user_version N-1 to N.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _content_proof,
     _file_identity,
     _running_counts,
     _worker_counts,
+    _tree_tallies,
 )
 LATEST = len(MIGRATIONS)
 

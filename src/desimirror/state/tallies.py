@@ -64,9 +64,12 @@ def invalidate(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM tallies")
 
 
-def recount(conn: sqlite3.Connection, scope: str) -> dict[str, int]:
-    """Count everything afresh for ``scope`` and keep it; inside a transaction."""
-    counts = scan(conn, scope)
+def recount(
+    conn: sqlite3.Connection, scope: str, known: tuple[int, int] | None = None
+) -> dict[str, int]:
+    """Count everything afresh for ``scope`` and keep it; inside a transaction. ``known``:
+    see :func:`scan`."""
+    counts = scan(conn, scope, known)
     conn.execute("DELETE FROM tallies")
     conn.executemany("INSERT INTO tallies (name, value) VALUES (?, ?)", counts.items())
     conn.execute(
@@ -83,14 +86,21 @@ def ensure(conn: sqlite3.Connection, scope: str) -> None:
         recount(conn, scope)
 
 
-def scan(conn: sqlite3.Connection, scope: str) -> dict[str, int]:
-    """Every count, by reading the tables (what the tallies must always equal)."""
+def scan(
+    conn: sqlite3.Connection, scope: str, known: tuple[int, int] | None = None
+) -> dict[str, int]:
+    """Every count, by reading the tables (what the tallies must always equal); ``known``
+    is (files, bytes) of the uploadables in ``scope`` when the caller summed them itself."""
     lo, hi = subtree_range(scope)
     in_scope = (lo, hi, scope)
-    files, nbytes = conn.execute(
-        f"SELECT count(*), coalesce(sum(size), 0) FROM entries e WHERE {UPLOADABLE}" + _IN_SCOPE,
-        in_scope,
-    ).fetchone()
+    files, nbytes = (
+        known
+        or conn.execute(
+            f"SELECT count(*), coalesce(sum(size), 0) FROM entries e WHERE {UPLOADABLE}"
+            + _IN_SCOPE,
+            in_scope,
+        ).fetchone()
+    )
     if conn.execute("SELECT 1 FROM uploads LIMIT 1").fetchone() is None:
         pending_files, pending_bytes = files, nbytes  # nothing uploaded yet: a second scan spared
     else:

@@ -1,8 +1,9 @@
 """The state db seen as a tree, one directory level at a time, for the web view.
 
-Every subtree is a contiguous range of paths (see :func:`subtree_range`), so the state of
-everything beneath each child of a directory comes from range scans of primary keys, and
-the browser receives one row per child, never the files below. Nothing here writes:
+The state of everything beneath each child directory is kept per directory, exact, as
+uploads are recorded (:mod:`~desimirror.state.treetallies`), so a level costs one row per
+child at any size of release, and the browser receives one row per child, never the files
+below. Nothing here writes:
 :func:`read_only` makes the connection refuse to, so a view can never take the db's write
 lock or alter what an upload is writing.
 """
@@ -11,7 +12,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from desimirror.state.manifest import NOT_DONE, UPLOADABLE, Manifest, subtree_range
+from desimirror.state import treetallies
+from desimirror.state.manifest import (
+    FAILURE_REASONS,
+    NOT_DONE,
+    OPEN_FAILURES,
+    UPLOADABLE,
+    Manifest,
+    subtree_range,
+)
 
 #: States of an uploadable file, as the view colours them: ``done:PROOF`` (one per proof
 #: kind, see :class:`~desimirror.state.manifest.UploadRecord`), ``pending``, each failure
@@ -19,36 +28,11 @@ from desimirror.state.manifest import NOT_DONE, UPLOADABLE, Manifest, subtree_ra
 #: done, and ``gone`` (an object mirrored earlier whose file is no longer in the tree).
 PENDING, GONE, DONE_PREFIX = "pending", "gone", "done:"
 
-# The states of a directory's children, without sorting millions of rows: each child
-# directory's subtree is one contiguous range of paths, summed with three range scans of
-# primary keys (its uploadables; its upload records, each looked up in entries: done by
-# proof, or gone; its failures, which are few); pending is what is left. The files
-# directly in the directory come from the parent index, one row each.
+# The files directly in a directory, one row each from the parent index; what lies below
+# each child directory comes from the kept counts (:mod:`treetallies`).
 _STATE_OF_FILE = (
     f"CASE WHEN {NOT_DONE} THEN coalesce(f.reason, '{PENDING}')"
     f" ELSE '{DONE_PREFIX}' || coalesce(u.proof, 'none') END"
-)
-_ALL_IN_RANGE = (
-    f"SELECT count(*), coalesce(sum(size), 0) FROM entries"
-    f" WHERE path >= :lo AND path < :hi AND {UPLOADABLE}"
-)
-# Each upload record in a range, looked up in entries: the proof of a file done, '~gone'
-# for an object whose file is no longer an uploadable entry, NULL for a file not done.
-# The subquery keeps SQLite from evaluating the state once per aggregate (LIMIT -1 stops
-# it being flattened), and the few distinct keys make the grouping cheap.
-_RECORDS_IN_RANGE = f"""
-SELECT k, count(*), coalesce(sum(entry_size), 0), coalesce(sum(object_size), 0) FROM (
-    SELECT CASE WHEN e.path IS NULL OR NOT coalesce({UPLOADABLE}, 0) THEN '~gone'
-                WHEN {NOT_DONE} THEN NULL ELSE coalesce(u.proof, 'none') END AS k,
-           e.size AS entry_size, u.size AS object_size
-    FROM uploads u LEFT JOIN entries e ON e.path = u.path
-    WHERE u.path >= :lo AND u.path < :hi LIMIT -1
-) WHERE k IS NOT NULL GROUP BY k
-"""
-_FAILED_IN_RANGE = (
-    "SELECT f.reason, count(*), coalesce(sum(e.size), 0) FROM failures f"  # few: outermost
-    " CROSS JOIN entries e ON e.path = f.path LEFT JOIN uploads u ON u.path = e.path"
-    f" WHERE f.path >= :lo AND f.path < :hi AND {UPLOADABLE} AND {NOT_DONE} GROUP BY f.reason"
 )
 _FILES_IN = (
     f"SELECT e.name, {_STATE_OF_FILE}, e.size FROM entries e"
@@ -67,16 +51,21 @@ _SIZES = (
     f"SELECT name, kind, CASE WHEN kind = 'dir' OR {UPLOADABLE} THEN size ELSE 0 END"
     " FROM entries WHERE parent = ?"
 )
-_FAILURES = """
-SELECT path, reason, error, attempts, at FROM failures
-WHERE (:reason IS NULL OR reason = :reason)
-AND (:text = '' OR instr(lower(path), :text) > 0 OR instr(lower(error), :text) > 0)
-AND (:lo = '' OR (path >= :lo AND path < :hi))
+_FAILURES = f"""
+SELECT f.path, f.reason, f.error, f.attempts, f.at{OPEN_FAILURES}
+AND (:reason IS NULL OR f.reason = :reason)
+AND (:text = '' OR instr(lower(f.path), :text) > 0 OR instr(lower(f.error), :text) > 0)
+AND (:lo = '' OR (f.path >= :lo AND f.path < :hi))
 """
 
 _PER_MINUTE = """
 SELECT CAST(uploaded_at / :step AS INTEGER) * :step AS t, count(*), coalesce(sum(size), 0)
 FROM uploads WHERE NOT adopted GROUP BY t ORDER BY t
+"""
+
+_PER_KEPT_MINUTE = """
+SELECT CAST(minute / :step AS INTEGER) * :step AS t, sum(files), sum(bytes)
+FROM sent_tallies GROUP BY t ORDER BY t
 """
 
 _RUNS = "SELECT id, started, finished, files, bytes FROM upload_runs ORDER BY id"
@@ -124,17 +113,20 @@ def children(manifest: Manifest, directory: str) -> list[Child]:
     """The entries directly in ``directory`` ('' is the root), each with the files and
     bytes at or below it by state, largest first; empty directories and entries that are
     not uploaded (links to directories, broken links) are listed with nothing in them,
-    and a name under which only objects of files gone from the source remain, as ``gone``."""
-    kinds = dict(manifest.conn.execute(_LISTING, (directory,)).fetchall())
+    and a name under which only objects of files gone from the source remain, as ``gone``.
+
+    In time proportional to the children: each directory's states are its kept counts."""
+    conn = manifest.conn
+    kinds = dict(conn.execute(_LISTING, (directory,)).fetchall())
     states: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in kinds}
-    for name, state, nbytes in manifest.conn.execute(_FILES_IN, {"parent": directory}):
+    for name, state, nbytes in conn.execute(_FILES_IN, {"parent": directory}):
         states[name] = {state: (1, nbytes)}
-    subdirs = sorted(name for name, kind in kinds.items() if kind == "dir")
-    for name in subdirs:
-        states[name] = _subtree_states(manifest, _join(directory, name))
-    start = len(directory) + 1 if directory else 0
-    for path, nbytes in _gone_beside(manifest, directory, subdirs):
-        name = path[start:].split("/", 1)[0]
+    below = treetallies.below(conn, directory)
+    for name, counts in below.items():
+        states.setdefault(name, {}).update(counts)  # a name both a file and a gone directory
+        kinds.setdefault(name, GONE)
+    for path, nbytes in _gone_beside(manifest, directory, below):
+        name = path.rpartition("/")[2]
         files, total = states.setdefault(name, {}).get(GONE, (0, 0))
         states[name][GONE] = (files + 1, total + nbytes)
         kinds.setdefault(name, GONE)
@@ -151,37 +143,19 @@ def _join(directory: str, name: str) -> str:
     return f"{directory}/{name}" if directory else name
 
 
-def _subtree_states(manifest: Manifest, path: str) -> dict[str, tuple[int, int]]:
-    """state -> (files, bytes) of everything strictly below the directory ``path``."""
-    lo, hi = subtree_range(path)
-    args = {"lo": lo, "hi": hi}
-    all_files, all_bytes = manifest.conn.execute(_ALL_IN_RANGE, args).fetchone()
-    found: dict[str, tuple[int, int]] = {}
-    done_files = done_bytes = 0
-    for key, files, entry_bytes, object_bytes in manifest.conn.execute(_RECORDS_IN_RANGE, args):
-        if key == "~gone":
-            found[GONE] = (files, object_bytes)
-        else:
-            found[DONE_PREFIX + key] = (files, entry_bytes)
-            done_files += files
-            done_bytes += entry_bytes
-    failed_files = failed_bytes = 0
-    for reason, files, nbytes in manifest.conn.execute(_FAILED_IN_RANGE, args):
-        found[reason] = (files, nbytes)
-        failed_files += files
-        failed_bytes += nbytes
-    pending = (all_files - done_files - failed_files, all_bytes - done_bytes - failed_bytes)
-    if pending[0]:
-        found[PENDING] = pending
-    return found
-
-
-def _gone_beside(manifest: Manifest, directory: str, subdirs: list[str]) -> list[tuple[str, int]]:
-    """(path, size) of the objects of gone files directly in ``directory`` or below a name
-    it no longer lists: the stretches of its range between its subdirectories' ranges."""
+def _gone_beside(
+    manifest: Manifest, directory: str, below: dict[str, dict[str, tuple[int, int]]]
+) -> list[tuple[str, int]]:
+    """(path, size) of the objects of gone files directly in ``directory``: none unless its
+    own count of gone objects exceeds its subdirectories'; then the stretches of its range
+    between its subdirectories' ranges, which hold only what lies directly in it."""
+    inside = sum(counts.get(GONE, (0, 0))[0] for counts in below.values())
+    if treetallies.of(manifest.conn, directory).get(GONE, (0, 0))[0] <= inside:
+        return []
     lo, hi = subtree_range(directory)
     found = []
-    for name in subdirs:  # sorted: "a.b" < "a" + "/" < "a" + "0", so the ranges are in order
+    # in the order of the ranges: "a.b/" < "a/", though "a" < "a.b"
+    for name in sorted(below, key=lambda n: n + "/"):
         inner_lo, inner_hi = subtree_range(_join(directory, name))
         found += manifest.conn.execute(_GONE_IN_RANGE, {"lo": lo, "hi": inner_lo}).fetchall()
         lo = inner_hi
@@ -210,17 +184,23 @@ def failures(
     (any case), at or below the directory ``under``."""
     lo, hi = subtree_range(under) if under else ("", "")
     args = {"reason": reason, "text": text.lower(), "lo": lo, "hi": hi}
-    (count,) = manifest.conn.execute(f"SELECT count(*) FROM ({_FAILURES})", args).fetchone()
+    kept = treetallies.of(manifest.conn, under) if not text else {}
+    if kept:  # counted below the directory by the tree's counts, not by a scan
+        count = sum(v[0] for r, v in kept.items() if r in FAILURE_REASONS and reason in (None, r))
+    else:
+        (count,) = manifest.conn.execute(f"SELECT count(*) FROM ({_FAILURES})", args).fetchone()
     rows = manifest.conn.execute(
-        f"{_FAILURES} ORDER BY at DESC LIMIT :limit", {**args, "limit": limit}
+        f"{_FAILURES} ORDER BY f.at DESC LIMIT :limit", {**args, "limit": limit}
     )
     return count, [Failure(*row) for row in rows]
 
 
 def sent_per_interval(manifest: Manifest, step: int = 60) -> list[tuple[int, int, int]]:
     """(interval start, files, bytes) confirmed per ``step`` seconds by the upload records
-    (objects sent, not adopted), in time order. A file sent again counts at its last send."""
-    return manifest.conn.execute(_PER_MINUTE, {"step": int(step)}).fetchall()
+    (objects sent, not adopted), in time order. A file sent again counts at its last send.
+    For a ``step`` of whole minutes, from the counts kept per minute (:mod:`treetallies`)."""
+    query = _PER_MINUTE if step % 60 else _PER_KEPT_MINUTE
+    return manifest.conn.execute(query, {"step": int(step)}).fetchall()
 
 
 def upload_runs(manifest: Manifest) -> list[Run]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
-from desimirror.state import tallies
+from desimirror.state import tallies, treetallies
 from desimirror.state.entries import EntryTables
 from desimirror.state.records import (
+    FAILURE_REASONS,
     NOT_DONE,
+    OPEN_FAILURES,
     UPLOADABLE,
     Entry,
     RunTotals,
@@ -79,7 +81,9 @@ class UploadTables(EntryTables):
         """
         now = time.time()
         records = list(records)
-        before = tallies.snapshot(self.conn, [r.path for r in records])
+        paths = [r.path for r in records]
+        before = tallies.snapshot(self.conn, paths)
+        tree_before = treetallies.states(self.conn, paths)
         rows = [
             (
                 r.path,
@@ -118,9 +122,8 @@ class UploadTables(EntryTables):
         )
         self.conn.executemany("DELETE FROM failures WHERE path = ?", [(r[0],) for r in rows])
         if before is not None:
-            tallies.apply_change(
-                self.conn, before, tallies.snapshot(self.conn, [r[0] for r in rows])
-            )
+            tallies.apply_change(self.conn, before, tallies.snapshot(self.conn, paths))
+        treetallies.apply_change(self.conn, tree_before, treetallies.states(self.conn, paths))
         return len(rows)
 
     def upload_record(self, path: str) -> UploadRecord | None:
@@ -144,12 +147,14 @@ class UploadTables(EntryTables):
 
     def record_failure(self, path: str, reason: str, error: str) -> None:
         """Remember why a file is not mirrored; inside atomic. ``error`` must be redacted."""
+        before = treetallies.states(self.conn, [path])
         self.conn.execute(
             "INSERT INTO failures (path, reason, error, attempts, at) VALUES (?, ?, ?, 1, ?)"
             " ON CONFLICT (path) DO UPDATE SET reason = excluded.reason,"
             " error = excluded.error, attempts = failures.attempts + 1, at = excluded.at",
             (path, reason, error, time.time()),
         )
+        treetallies.apply_change(self.conn, before, treetallies.states(self.conn, [path]))
 
     def begin_upload_run(self) -> int:
         with self.atomic() as conn:
@@ -211,21 +216,26 @@ class UploadTables(EntryTables):
         how many there were."""
         paths = list(paths)
         before = tallies.snapshot(self.conn, paths) if paths else None
+        tree_before = treetallies.states(self.conn, paths)
         cur = self.conn.executemany("DELETE FROM uploads WHERE path = ?", [(p,) for p in paths])
         if before is not None:
             tallies.apply_change(self.conn, before, tallies.snapshot(self.conn, paths))
+        treetallies.apply_change(self.conn, tree_before, treetallies.states(self.conn, paths))
         return max(cur.rowcount, 0)
 
     # -- where the mirror stands ---------------------------------------------------------
 
     def failure_counts(self) -> dict[str, int]:
-        """reason -> files not mirrored for it."""
-        return dict(self.conn.execute("SELECT reason, count(*) FROM failures GROUP BY reason"))
+        """reason -> files not mirrored for it (:data:`OPEN_FAILURES`: uploadable files
+        not done), as the tree's counts for the root hold them."""
+        root = treetallies.of(self.conn, "")
+        return {reason: root[reason][0] for reason in FAILURE_REASONS if reason in root}
 
     def recent_failures(self, limit: int) -> list[tuple[str, str, str, int]]:
-        """(path, reason, error, attempts) of the latest failures, newest first."""
+        """(path, reason, error, attempts) of the latest failures that count, newest first."""
         return self.conn.execute(
-            "SELECT path, reason, error, attempts FROM failures ORDER BY at DESC LIMIT ?",
+            f"SELECT f.path, f.reason, f.error, f.attempts{OPEN_FAILURES}"
+            " ORDER BY f.at DESC LIMIT ?",
             (limit,),
         ).fetchall()
 

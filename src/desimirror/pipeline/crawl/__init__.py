@@ -49,7 +49,12 @@ import queue
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
-from desimirror.pipeline.crawl.rowwriter import CHUNK_ROWS, RowWriter, open_row_writer
+from desimirror.pipeline.crawl.rowwriter import (
+    CHUNK_ROWS,
+    RowWriter,
+    WalCheckpointer,
+    open_row_writer,
+)
 from desimirror.pipeline.crawl.summary import ERROR_EXAMPLES, CrawlSummary, close_crawl
 from desimirror.pipeline.crawl.tasklimit import TaskLimit
 from desimirror.pipeline.crawl.walk import (
@@ -73,6 +78,7 @@ __all__ = [
     "CrawlError",
     "CrawlSummary",
     "TreeRoot",
+    "WalCheckpointer",
     "classify_link",
     "close_crawl",
     "crawl",

@@ -67,7 +67,7 @@ def _write_dir_sizes(manifest: Manifest, sizes: list[tuple[int, str]] | None) ->
             manifest.put_dir_sizes(sizes)
 
 
-class _Checkpointer:
+class WalCheckpointer:
     """Copies the WAL into the database in the background while the crawl writes.
 
     The writer never checkpoints during a crawl (:meth:`Manifest.bulk_load`), so without
@@ -83,7 +83,7 @@ class _Checkpointer:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="crawl-checkpoint", daemon=True)
 
-    def __enter__(self) -> _Checkpointer:
+    def __enter__(self) -> WalCheckpointer:
         self.thread.start()
         return self
 
@@ -112,7 +112,7 @@ class _ThreadSink:
         self.manifest, self.crawl_id = manifest, crawl_id
         self.stack = contextlib.ExitStack()
         self.stack.enter_context(manifest.bulk_load(drop_parent_index=drop_index))
-        self.stack.enter_context(_Checkpointer(str(manifest.path)))
+        self.stack.enter_context(WalCheckpointer(str(manifest.path)))
 
     def write(self, batch: RowBatch) -> None:
         _write_batch(self.manifest, self.crawl_id, batch)
@@ -250,7 +250,7 @@ def _writer_process(db: str, crawl_id: int, drop_index: bool, inbox: int, outbox
             with (
                 Manifest.open(db) as manifest,
                 manifest.bulk_load(drop_parent_index=drop_index),
-                _Checkpointer(db),
+                WalCheckpointer(db),
             ):
                 while True:
                     kind, *payload = marshal.loads(_recv(source))

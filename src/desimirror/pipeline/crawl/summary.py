@@ -57,7 +57,14 @@ class CrawlSummary:
         }
 
 
-def close_crawl(manifest: Manifest, summary: CrawlSummary, keep: list[str]) -> None:
+def close_crawl(
+    manifest: Manifest,
+    summary: CrawlSummary,
+    keep: list[str],
+    *,
+    totals: tuple[int, int] | None = None,
+    tree_counted: bool = False,
+) -> None:
     """Close a crawl: drop what vanished except under ``keep``, total the directories.
 
     A crawl that met unreadable directories (or entries it could not stat) does not know
@@ -65,7 +72,18 @@ def close_crawl(manifest: Manifest, summary: CrawlSummary, keep: list[str]) -> N
     permission or filesystem hiccup look like deleted data, and status would under-count
     the release; so those subtrees keep what an earlier crawl saw (the uploader re-checks
     every file before sending it), while everything the crawl did see is authoritative.
+    ``totals`` and ``tree_counted`` (an import, which writes the directory sizes as it
+    reads): see :meth:`Manifest.close_crawl`.
     """
-    summary.vanished = manifest.close_crawl(summary.crawl_id, keep=keep)
+    summary.vanished = manifest.close_crawl(
+        summary.crawl_id,
+        keep=keep,
+        sizes_written=totals is not None,
+        totals=totals,
+        tree_counted=tree_counted,
+    )
     summary.complete = not keep
-    summary.files, summary.bytes = manifest.uploadable_totals()
+    if totals is not None and not keep:  # summed as the rows were written
+        summary.files, summary.bytes = totals
+    else:
+        summary.files, summary.bytes = manifest.uploadable_totals()
