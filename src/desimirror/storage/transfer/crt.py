@@ -20,15 +20,17 @@ s5cmd does and on a transfer node the client's CPU is what scales. Per file:
   the body again. Here the payload's SHA-256 is the checksum already known, so it is
   given to the signer (``x-amz-content-sha256``) and the body is never hashed for signing;
   over HTTPS too, the request stays fully signed.
-* A larger file goes in parts as in the native backend (read once, in order, into reused
-  buffers; the whole file's SHA-256 from that read), but each part is sent with its CRC32C
-  (``x-amz-checksum-crc32c``, computed natively by the runtime's library at several GB/s),
-  which the store checks, instead of a second SHA-256 of its bytes; the request's payload
-  is ``UNSIGNED-PAYLOAD``, so nothing hashes the part for the signature either (the
-  checksum header is signed). The object's composite checksum is then a CRC32C one,
-  recomputed from the recorded part CRCs by ``verify --checksum``. Only the UploadPart
-  requests go through the runtime, from the buffer itself (no copy); the
-  create/complete/abort/HEAD calls of each file stay boto3's (one each per large file).
+* A larger file goes in parts as in the native backend (each byte read once, several
+  parts at a time, into reused buffers; the whole file's SHA-256 from that read), but each
+  part is sent with its CRC32C (``x-amz-checksum-crc32c``, computed natively by the
+  runtime's library at several GB/s), which the store checks, instead of a second SHA-256
+  of its bytes; the payload is signed as ``UNSIGNED-PAYLOAD``, so nothing hashes the part
+  for the signature either (the checksum header is signed). The object's composite
+  checksum is then a CRC32C one, recomputed from the recorded part CRCs by ``verify
+  --checksum``. Only the UploadPart requests go through the runtime, which copies each
+  part from its buffer into its own in one call (:class:`_ViewStream`; ``io.BytesIO``
+  would copy it once more); the create/complete/abort/HEAD calls of each file stay
+  boto3's (one each per large file).
 * While the store is not known to validate checksums (it has not yet returned one, or for
   parts, the probe before the first large file did not show it refusing a wrong one),
   the buffer's SHA-256 and MD5 are computed too, so a store that ignores checksums (Ceph

@@ -15,10 +15,11 @@ and every file is read once:
   and the store checks it. The reader's digest must equal the one the store returns; it
   becomes the file's checksum in the manifest.
 * A file larger than ``multipart_threshold`` is sent in parts by this module rather than
-  s3transfer, because the parts must be read in order for the whole-file SHA-256 to come
-  out of the same single read: each part is read into one of ``multipart_concurrency``
-  reused buffers, and sent with its own checksum (``part_checksum``: SHA-256 here, CRC32C
-  in the crt backend), which the store checks; the upload is completed only if the
+  s3transfer, because the whole-file SHA-256 must come out of the same single read: each
+  part is read at its offset into one of ``multipart_concurrency`` reused buffers, several
+  parts of a file at once, and hashed into the whole in order (:class:`_PartReads`), then
+  sent with its own checksum (``part_checksum``: SHA-256 here, CRC32C in the crt
+  backend), which the store checks; the upload is completed only if the
   whole-file SHA-256 matches the published one; otherwise it is aborted, so a corrupt file
   never becomes an object. The result carries the part size and the parts' checksums,
   from which the object's COMPOSITE checksum (``base64(H(part checksums))-N``) is
@@ -121,6 +122,8 @@ class NativeBackend:
     part_checksum = "SHA256"
     #: Attempts per part; a part is in memory, so retrying it is cheap and safe.
     part_attempts = 4
+    #: Seconds a part waits for the one before it to be read and hashed.
+    part_read_timeout = 600.0
     part_backoff = 0.5
     #: Client settings; read when the client is built, at the first batch.
     max_attempts = 3
@@ -407,86 +410,69 @@ class NativeBackend:
     def _send_parts(
         self, stream: Any, item: TransferItem, client: Any, upload_id: str
     ) -> tuple[list[dict[str, Any]], str, list[bytes]]:
-        """Read the file once, in order, each part into a free buffer; send the parts
-        concurrently; (parts, whole SHA-256, the parts' MD5s while the store is not known
-        to check part checksums)."""
+        """Read the file once, each part into a free buffer by a thread of the parts' pool
+        (see :class:`_PartReads`), and send the parts concurrently; (parts, whole SHA-256,
+        the parts' MD5s while the store is not known to check part checksums)."""
         parts_pool, buffers = self._parts, self._part_buffers
         assert parts_pool is not None
         assert buffers is not None
-        whole = hashlib.sha256()
-        md5s: list[bytes] | None = [] if self._wants_md5("multipart") else None
-        failed = threading.Event()
+        reads = _PartReads(
+            stream.fileno(),
+            item.size,
+            self.multipart_chunksize,
+            md5=self._wants_md5("multipart"),
+            timeout=self.part_read_timeout,
+        )
         futures: list[tuple[Future, bytearray]] = []
-        total = 0
         try:
-            while not failed.is_set():
+            for number in range(1, reads.count + 1):
+                if reads.failed.is_set():
+                    break
                 if self._closing.is_set():
                     raise _Cancelled("the backend was closed")
                 buffer = buffers.take()
-                try:
-                    size = _read_into(stream, buffer)
-                except BaseException:
-                    buffers.give(buffer)
-                    raise
-                if not size:
-                    buffers.give(buffer)
-                    break
-                data = memoryview(buffer)[:size]
-                total += size
-                whole.update(data)  # hashlib releases the GIL: large files hash in parallel
-                if md5s is not None:
-                    md5s.append(hashlib.md5(data).digest())
-                number = len(futures) + 1
                 future = parts_pool.submit(
-                    self._send_part, client, item, upload_id, number, data, buffer, failed
+                    self._send_part, client, item, upload_id, reads, number, buffer
                 )
                 futures.append((future, buffer))
-                if size < self.multipart_chunksize:
-                    break
             wait([f for f, _ in futures])
             errors = [f.exception() for f, _ in futures if f.exception() is not None]
             if errors:  # the root cause, not the parts that stopped because of it
                 raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])
             parts = [future.result() for future, _ in futures]
         except BaseException:
-            failed.set()
+            reads.fail()
             for future, buffer in futures:
                 if future.cancel():  # never started: its buffer is still taken
                     buffers.give(buffer)
             raise
-        if total != item.size:
-            raise ChangedFile(f"read {total} bytes, expected {item.size}: file changed")
-        return parts, whole.hexdigest(), md5s or []
+        check_size(os.fstat(stream.fileno()).st_size, item)  # grown while read: not this file
+        return parts, reads.whole.hexdigest(), reads.md5_list()
 
     def _send_part(
         self,
         client: Any,
         item: TransferItem,
         upload_id: str,
+        reads: _PartReads,
         number: int,
-        data: memoryview,
         buffer: bytearray,
-        failed: threading.Event,
     ) -> dict[str, Any]:
-        """Checksum and send one part (retrying transient failures); gives its buffer back
-        at the end. Runs on the parts' pool, so the parts of a file are checksummed in
-        parallel (hashlib releases the GIL)."""
+        """Read, checksum and send one part (retrying transient failures); gives its
+        buffer back at the end."""
         assert self._part_buffers is not None
         field = f"Checksum{self.part_checksum}"
-        try:
-            digest = self._part_digest(data)
-        except BaseException:
-            self._part_buffers.give(buffer)
-            raise
-        b64 = base64.b64encode(digest).decode("ascii")
 
         def send() -> Any:
-            if failed.is_set() or self._closing.is_set():
+            if reads.failed.is_set() or self._closing.is_set():
                 raise _Cancelled("another part of the file failed")
             return self._upload_part(client, item, upload_id, number, data, digest)
 
         try:
             try:
+                data = reads.read(number, buffer)
+                digest = self._part_digest(data)
+                b64 = base64.b64encode(digest).decode("ascii")
                 response = retry_call(
                     send,
                     attempts=self.part_attempts,
@@ -495,8 +481,8 @@ class NativeBackend:
                 )
             except _Cancelled:
                 raise
-            except Exception:
-                failed.set()  # stop reading further parts of this file
+            except BaseException:
+                reads.fail()  # stop reading further parts of this file
                 raise
             returned = response.get(field)
             if returned and returned != b64:
@@ -603,16 +589,61 @@ def open_source(item: TransferItem) -> Any:
     return os.fdopen(fd, "rb", buffering=CHUNK)
 
 
-def _read_into(stream: Any, buffer: bytearray) -> int:
-    """Fill ``buffer`` from ``stream``; the bytes read, fewer than its size only at the end
-    of the file. Read straight into the buffer: no allocation and no copy per part."""
-    view, got = memoryview(buffer), 0
-    while got < len(buffer):
-        n = stream.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got
+class _PartReads:
+    """One large file's parts, read at their offsets by the parts' threads, several at a
+    time (a network filesystem serves one sequential stream slowly; s5cmd reads five parts
+    of a file at once), each byte once; the whole file's SHA-256 is updated with each part
+    in order, from the buffer it was read into, by the thread that read it."""
+
+    def __init__(self, fd: int, size: int, part_size: int, *, md5: bool, timeout: float) -> None:
+        self.fd, self.size, self.part_size, self.timeout = fd, size, part_size, timeout
+        self.count = max(1, -(-size // part_size))
+        self.whole = hashlib.sha256()
+        self.failed = threading.Event()
+        self._md5s: dict[int, bytes] | None = {} if md5 else None
+        self._turn = 1  # the part whose bytes the whole-file hash takes next
+        self._changed = threading.Condition()
+
+    def read(self, number: int, buffer: bytearray) -> memoryview:
+        """Part ``number`` (from 1) read into ``buffer``, and hashed into the whole."""
+        offset = (number - 1) * self.part_size
+        size = min(self.part_size, self.size - offset)
+        view, got = memoryview(buffer)[:size], 0
+        while got < size:
+            n = os.preadv(self.fd, [view[got:]], offset + got)
+            if n == 0:
+                break
+            got += n
+        if got != size:
+            raise ChangedFile(f"part {number} has {got} bytes, expected {size}: file changed")
+        if self._md5s is not None:
+            self._md5s[number] = hashlib.md5(view).digest()
+        self._hash_in_turn(number, view)
+        return view
+
+    def _hash_in_turn(self, number: int, view: memoryview) -> None:
+        # Parts are submitted in order to a FIFO pool, so the one before is running or
+        # done: waiting for it never waits for a part that waits for this one.
+        with self._changed:
+            turn = self._changed.wait_for(
+                lambda: self._turn == number or self.failed.is_set(), self.timeout
+            )
+            if self.failed.is_set():
+                raise _Cancelled("another part of the file failed")
+            if not turn:
+                raise TimeoutError(f"part {number - 1} was not read in {self.timeout:.0f} s")
+        self.whole.update(view)  # only the part whose turn it is: no lock needed
+        with self._changed:
+            self._turn += 1
+            self._changed.notify_all()
+
+    def fail(self) -> None:
+        self.failed.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def md5_list(self) -> list[bytes]:
+        return [self._md5s[n] for n in sorted(self._md5s)] if self._md5s else []
 
 
 class _Buffers:
