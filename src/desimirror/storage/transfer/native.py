@@ -431,9 +431,13 @@ class NativeBackend:
                 if self._closing.is_set():
                     raise _Cancelled("the backend was closed")
                 buffer = buffers.take()
-                future = parts_pool.submit(
-                    self._send_part, client, item, upload_id, reads, number, buffer
-                )
+                try:
+                    future = parts_pool.submit(
+                        self._send_part, client, item, upload_id, reads, number, buffer
+                    )
+                except BaseException:  # the pool was shut down: the backend closes
+                    buffers.give(buffer)
+                    raise
                 futures.append((future, buffer))
             wait([f for f, _ in futures])
             errors = [f.exception() for f, _ in futures if f.exception() is not None]
@@ -606,6 +610,8 @@ class _PartReads:
 
     def read(self, number: int, buffer: bytearray) -> memoryview:
         """Part ``number`` (from 1) read into ``buffer``, and hashed into the whole."""
+        if self.failed.is_set():
+            raise _Cancelled("another part of the file failed")
         offset = (number - 1) * self.part_size
         size = min(self.part_size, self.size - offset)
         view, got = memoryview(buffer)[:size], 0
