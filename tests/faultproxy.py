@@ -12,6 +12,10 @@ at configurable rates, misbehaves the ways a real network and a busy store do:
 ``echo_auth`` answer 500 with the request's Authorization header in the error message
               (a store that leaks what it was sent: the client must not print it)
 
+and, when ``flip_parts`` is set, flips one byte of the next ``flip_parts`` UploadPart
+bodies of at least ``flip_min_bytes`` (a network that damages a part on the way: the store
+must refuse it by its checksum), recording each one's status in ``flipped``.
+
 It counts what it saw: every request (method, key, query: ``requests``), PUTs per object
 key (PutObject and UploadPart), PUTs that reached the store, faults by kind, and requests
 in flight at each arrival, so tests can assert
@@ -91,6 +95,9 @@ class FaultProxy:
         self.slowdown_per_key = 0
         self.throttled_keys: list[str] = []
         self.error_delay = 0.0  # seconds before a made-up error answer is sent
+        self.flip_parts = 0  # flip a byte of the next N UploadPart bodies (see the docstring)
+        self.flip_min_bytes = 1024
+        self.flipped: list[tuple[str, int]] = []  # (key, the store's status) per flipped part
         # headers whose name starts with one of these are dropped on the way in and out
         # (("x-amz-checksum-",) models a store that ignores checksums, as Ceph radosgw 16)
         self.strip_headers: tuple[str, ...] = ()
@@ -300,16 +307,32 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if method == "PUT" and owner.on_put is not None:
             owner.on_put(key)
+        flip = self._take_flip(method, body)
+        if flip:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
         try:
             status, reason, headers, payload = self._forward(method, body)
         except (OSError, http.client.HTTPException):
             self._reset()
             return
+        if flip:
+            with owner._lock:
+                owner.flipped.append((key, status))
         owner._stored(method, key)
         if fault == "truncate":
             self._truncated(status, reason, headers, payload, method)
             return
         self._reply(status, headers, payload, reason=reason, head=method == "HEAD")
+
+    def _take_flip(self, method: str, body: bytes) -> bool:
+        owner = self.owner
+        part = method == "PUT" and "partNumber=" in urllib.parse.urlsplit(self.path).query
+        with owner._lock:
+            if part and owner.flip_parts > 0 and len(body) >= owner.flip_min_bytes:
+                owner.flip_parts -= 1
+                owner.faults["flip"] += 1
+                return True
+        return False
 
     def _forward(self, method: str, body: bytes) -> tuple[int, str, list, bytes]:
         for attempt in (1, 2):  # a pooled upstream connection may have been closed

@@ -29,11 +29,13 @@ from faultproxy import FaultProxy, sigv4_resigner
 from helpers import DESIMIRROR, assert_clean_error, run_cli
 from integrity_helpers import (
     MiB,
+    bucket_matches_disk,
     corrupt_keeping_stat,
     count_files,
     make_release,
     prepare,
     random_files,
+    rows,
     upload,
     uploads,
     verify,
@@ -377,3 +379,89 @@ def test_a_store_that_checks_nothing_still_gets_no_corrupt_file(
     assert proc.returncode == 5, proc.stderr
     assert report["files_corrupt"] == 1
     assert str(victim.relative_to(root)) not in uploads(db)
+
+
+# -- issue 11: the crt backend's parts are sent with a CRC32C the store checks ------------
+
+
+def _recorded_parts(db: Path, path: str) -> list[str]:
+    [(parts,)] = rows(db, "SELECT parts FROM uploads WHERE path = ?", (path,))
+    return parts.split()
+
+
+@pytest.mark.s3
+def test_a_part_damaged_on_the_way_is_refused_by_its_crc32c_and_sent_again(
+    tmp_path: Path, s3, bucket: str, cli_env: dict, fault_proxy: FaultProxy
+) -> None:
+    from desimirror.integrity.checksums import composite_crc32c
+    from desimirror.pipeline.proof import Candidate, ContentChecker
+
+    root = tmp_path / "edr"
+    files = {"big/cube.fits": os.urandom(11 * MiB), "small/a.fits": b"a small file"}
+    make_release(root, files)  # both published: the big one is proven against its digest
+    db = tmp_path / "m.db"
+    prepare(root, db)
+    fault_proxy.flip_parts = 1  # the first part of the big file arrives with a byte flipped
+    proc, _ = upload(
+        db, bucket, fault_proxy.endpoint_url, cli_env, "--backend", "crt", "--part-size", "5MiB"
+    )
+    assert proc.returncode == 0, proc.stderr
+    [(key, status)] = fault_proxy.flipped
+    assert key.endswith("big/cube.fits")
+    assert status == 400  # the store refused the part by its checksum (BadDigest)
+    assert uploads(db)["big/cube.fits"][1] == "composite"
+    assert bucket_matches_disk(s3.client(), bucket, root, db) == count_files(root)
+
+    parts = _recorded_parts(db, "big/cube.fits")
+    assert [len(base64.b64decode(p)) for p in parts] == [4, 4, 4]  # three CRC32Cs
+    head = s3.client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    assert same_composite(head["ChecksumCRC32C"], composite_crc32c(parts))
+
+    proc, checked = verify(db, bucket, s3.endpoint_url, cli_env, "--checksum")
+    assert proc.returncode == 0, proc.stderr
+    assert checked["proven_by"]["composite"] == 1
+
+    # the comparison is real: part CRCs other than the object's do not prove it
+    sha = hashlib.sha256(files["big/cube.fits"]).hexdigest()
+    wrong = [base64.b64encode(b"\0\0\0\0").decode(), *parts[1:]]
+    checker = ContentChecker(s3.client(), bucket, root=str(root), reread=False, workers=1)
+    for recorded, ok in ((parts, True), (wrong, False)):
+        candidate = Candidate(
+            key, "big/cube.fits", len(files["big/cube.fits"]), head["ETag"].strip('"'),
+            sha, head["ETag"].strip('"'), sha, 5 * MiB, " ".join(recorded), "composite",
+        )  # fmt: skip
+        [verdict] = list(checker.run([candidate]))
+        assert (verdict.ok, verdict.method) == (ok, "composite"), verdict
+
+
+@pytest.mark.s3
+@pytest.mark.usefixtures("cli_env")  # the test's credentials in the environment
+def test_a_part_refused_every_time_leaves_no_object(
+    tmp_path: Path, s3, bucket: str, fault_proxy: FaultProxy
+) -> None:
+    from desimirror.integrity.sourcetree import Signature
+    from desimirror.storage.transfer import S3Target, TransferItem
+    from desimirror.storage.transfer.crt import CrtBackend
+
+    path = tmp_path / "big.fits"
+    path.write_bytes(os.urandom(6 * MiB))  # two parts of 5 MiB
+    st = path.stat()
+    item = TransferItem(
+        str(path), "edr/big.fits", st.st_size, None, str(tmp_path), "big.fits",
+        Signature(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev),
+    )  # fmt: skip
+    fault_proxy.flip_parts = 1_000  # every part, every attempt
+    backend = CrtBackend(S3Target(bucket, fault_proxy.endpoint_url), 2, part_size=5 * MiB)
+    backend.part_attempts = 2
+    try:
+        [result] = backend.put_batch([item])
+    finally:
+        backend.close()
+    assert not result.ok
+    assert result.retryable  # damage on the way, not a corrupt file
+    assert "BadDigest" in (result.error or "")
+    assert fault_proxy.flipped
+    assert {status for _, status in fault_proxy.flipped} == {400}
+    client = s3.client()
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")  # aborted

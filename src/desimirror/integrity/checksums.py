@@ -6,9 +6,12 @@ vocabulary what the bytes of a file must be:
 * ``sha256`` is always the lowercase hex SHA-256 of a whole file, as DESI publishes it in
   its ``*.sha256sum`` files; S3 speaks base64 (``ChecksumSHA256``), converted at the edge.
 * A multipart object has no whole-object SHA-256 in S3. It has a *composite* checksum,
-  ``base64(sha256(part digest 1 || part digest 2 || ...))-N``, and an ETag built the same
-  way from MD5s (``hex(md5(part md5 1 || ...))-N``); both are recomputed from the part
-  size and the part digests, which the uploader records for that reason.
+  ``base64(H(part checksum 1 || part checksum 2 || ...))-N``, with H the algorithm of its
+  parts (SHA-256, or CRC32C: four bytes a part, which the crt backend sends because the
+  runtime computes it natively at several GB/s), and an ETag built the same way from MD5s
+  (``hex(md5(part md5 1 || ...))-N``); both are recomputed from the part size and the
+  part checksums, which the uploader records for that reason. The recorded checksums say
+  their own algorithm by their length (:func:`part_algorithm`).
 * A single-part object's ETag is the MD5 of its bytes (on AWS without SSE-KMS and on
   SeaweedFS), which is the only content proof an object written without checksums has.
 
@@ -172,11 +175,52 @@ def composite_sha256(part_digests_b64: Sequence[str]) -> str:
     return f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(part_digests_b64)}"
 
 
+def crc32c(data: bytes | bytearray | memoryview) -> bytes:
+    """The CRC32C of ``data`` as S3 sends it (four bytes, big-endian), computed natively by
+    the AWS Common Runtime (hardware CRC instructions: several GB/s, against about 1 GB/s
+    for SHA-256)."""
+    from awscrt.checksums import crc32c as native_crc32c
+
+    return native_crc32c(data).to_bytes(4, "big")
+
+
+def composite_crc32c(part_checksums_b64: Sequence[str]) -> str:
+    """S3's COMPOSITE ``ChecksumCRC32C`` of a multipart object: ``base64(crc32c(parts))-N``."""
+    joined = b"".join(base64.b64decode(p) for p in part_checksums_b64)
+    return f"{base64.b64encode(crc32c(joined)).decode()}-{len(part_checksums_b64)}"
+
+
+#: The part checksums S3 composes, by the length of one decoded checksum.
+_PART_ALGORITHMS = {32: "SHA256", 4: "CRC32C"}
+
+
+def part_algorithm(part_checksums_b64: Sequence[str]) -> str | None:
+    """``"SHA256"`` or ``"CRC32C"``: what recorded part checksums are (by their length),
+    so that the object's ``Checksum<algorithm>`` is the one compared; None if neither."""
+    try:
+        lengths = {len(base64.b64decode(p, validate=True)) for p in part_checksums_b64}
+    except (binascii.Error, ValueError):
+        return None
+    return _PART_ALGORITHMS.get(lengths.pop()) if len(lengths) == 1 else None
+
+
+def composite_checksum(part_checksums_b64: Sequence[str]) -> str | None:
+    """The composite checksum of a multipart object from its recorded part checksums, in
+    their algorithm (:func:`part_algorithm`); None if they are neither kind."""
+    algorithm = part_algorithm(part_checksums_b64)
+    if algorithm == "SHA256":
+        return composite_sha256(part_checksums_b64)
+    if algorithm == "CRC32C":
+        return composite_crc32c(part_checksums_b64)
+    return None
+
+
 def split_composite(text: str | None) -> tuple[bytes, int | None] | None:
     """A composite checksum as values: (the digest's bytes, the part count or None).
 
     Stores disagree on the form: AWS and SeaweedFS append ``-N``, moto (and some others)
-    return the bare base64 digest. None for anything that is not base64 of a SHA-256.
+    return the bare base64 digest. None for anything that is not base64 of a SHA-256 or a
+    CRC32C.
     """
     if not text:
         return None
@@ -189,7 +233,7 @@ def split_composite(text: str | None) -> tuple[bytes, int | None] | None:
         raw = base64.b64decode(digest, validate=True)
     except (binascii.Error, ValueError):
         return None
-    if len(raw) != 32:
+    if len(raw) not in _PART_ALGORITHMS:
         return None
     return raw, int(count) if count else None
 

@@ -9,9 +9,11 @@ when it was uploaded. Each object is proven the cheapest way that is still a pro
    is already there.
 2. ``sha256``: HeadObject with checksum mode returns the object's ``ChecksumSHA256``,
    which the store computed from the bytes it received; it must equal the reference.
-3. ``composite``: a multipart object's checksum is ``base64(sha256(part digests))-N``;
-   it must equal the composite recomputed from the part digests recorded at upload time,
-   whose whole-file SHA-256 (computed in the same read) is the reference.
+3. ``composite``: a multipart object's checksum is ``base64(H(part checksums))-N``, H
+   being SHA-256 or CRC32C (``ChecksumSHA256`` or ``ChecksumCRC32C``, as the parts were
+   sent: the recorded part checksums say which by their length); it must equal the
+   composite recomputed from the part checksums recorded at upload time, whose
+   whole-file SHA-256 (computed in the same read) is the reference.
 4. ``reread``: otherwise (an object nobody recorded a checksum for, a store that keeps
    none), or always with ``--reread``, the object is read back and hashed; with no
    reference at all, the local file is hashed too.
@@ -33,9 +35,10 @@ from typing import Any
 
 from desimirror.integrity.checksums import (
     CHUNK,
-    composite_sha256,
+    composite_checksum,
     hash_stream,
     hex_of_b64,
+    part_algorithm,
     same_composite,
 )
 from desimirror.integrity.sourcetree import SourceRefused, tree_at
@@ -122,10 +125,12 @@ class ContentChecker:
             )
             stored = head.get("ChecksumSHA256")
             parts = c.parts.split() if c.parts else []
-            if stored and len(parts) > 1 and reference:
-                if same_composite(stored, composite_sha256(parts)):
+            algorithm = part_algorithm(parts) if len(parts) > 1 else None
+            composite = head.get(f"Checksum{algorithm}") if algorithm else None
+            if composite and reference:
+                if same_composite(composite, composite_checksum(parts)):
                     return Verdict(c, True, "composite")  # with or without its "-N"
-                if hex_of_b64(stored) != reference:
+                if algorithm != "SHA256" or hex_of_b64(composite) != reference:
                     return Verdict(c, False, "composite", "the object's composite checksum differs")
             full = hex_of_b64(stored) if stored else None
             if full is not None and reference:

@@ -20,12 +20,20 @@ s5cmd does and on a transfer node the client's CPU is what scales. Per file:
   the body again. Here the payload's SHA-256 is the checksum already known, so it is
   given to the signer (``x-amz-content-sha256``) and the body is never hashed for signing;
   over HTTPS too, the request stays fully signed.
-* A larger file goes in parts exactly as in the native backend (read once, in order; each
-  part hashed once, sent with its SHA-256, which is also its signed payload hash); only the
-  UploadPart requests go through the runtime, the create/complete/abort/HEAD calls of each
-  file stay boto3's (one each per large file).
-* While the store is not known to validate checksums (it has not yet returned one), the
-  buffer's SHA-256 and MD5 are computed too, so a store that ignores checksums (Ceph
+* A larger file goes in parts as in the native backend (each byte read once, several
+  parts at a time, into reused buffers; the whole file's SHA-256 from that read), but each
+  part is sent with its CRC32C (``x-amz-checksum-crc32c``, computed natively by the
+  runtime's library at several GB/s), which the store checks, instead of a second SHA-256
+  of its bytes; the payload is signed as ``UNSIGNED-PAYLOAD``, so nothing hashes the part
+  for the signature either (the checksum header is signed). The object's composite
+  checksum is then a CRC32C one, recomputed from the recorded part CRCs by ``verify
+  --checksum``. Only the UploadPart requests go through the runtime, which copies each
+  part from its buffer into its own in one call (:class:`_ViewStream`; ``io.BytesIO``
+  would copy it once more); the create/complete/abort/HEAD calls of each file stay
+  boto3's (one each per large file).
+* While the store is not known to validate checksums (it has not yet returned one, or for
+  parts, the probe before the first large file did not show it refusing a wrong one),
+  the buffer's SHA-256 and MD5 are computed too, so a store that ignores checksums (Ceph
   radosgw 16) still ends with every object proven, by its ETag (``proof="etag"``).
 
 SeaweedFS accepts checksums in the HEADER location, which is where they go here; the
@@ -77,6 +85,7 @@ class CrtBackend(NativeBackend):
     """boto3's proofs and multipart protocol, awscrt's sending; see the module docstring."""
 
     name = "crt"
+    part_checksum = "CRC32C"
     #: Bytes of small files held in memory at once across all transfers (one file always
     #: fits): 64 transfers of files near the part size would otherwise hold gigabytes.
     buffer_budget = 1 << 30
@@ -116,7 +125,7 @@ class CrtBackend(NativeBackend):
         assert digest is not None
         md5 = hashlib.md5(data).hexdigest() if self._wants_md5("single") else None
         try:
-            headers = self._crt().put(item.key, "", data, digest)
+            headers = self._crt().put(item.key, "", data, sha256_header(digest), digest)
         except Exception as exc:
             self._raise_if_refused_as_corrupt(exc, item, data)
             raise
@@ -137,7 +146,13 @@ class CrtBackend(NativeBackend):
             check_size(os.fstat(fd).st_size, item)
             try:
                 headers = self._crt().put(
-                    item.key, "", None, item.sha256, send_path=f"/proc/self/fd/{fd}", size=item.size
+                    item.key,
+                    "",
+                    None,
+                    sha256_header(item.sha256),
+                    item.sha256,
+                    send_path=f"/proc/self/fd/{fd}",
+                    size=item.size,
                 )
             except Exception as exc:
                 code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
@@ -193,20 +208,51 @@ class CrtBackend(NativeBackend):
         item: TransferItem,
         upload_id: str,
         number: int,
-        data: bytes,
+        data: memoryview,
         digest: bytes,
     ) -> dict[str, Any]:
         query = urllib.parse.urlencode({"partNumber": number, "uploadId": upload_id})
-        headers = self._crt().put(item.key, query, data, digest.hex())
+        name = f"x-amz-checksum-{self.part_checksum.lower()}"
+        checksum = (name, base64.b64encode(digest).decode("ascii"))
+        headers = self._crt().put(item.key, query, data, checksum, None)
         return {
             "ETag": headers.get("etag", ""),
-            "ChecksumSHA256": headers.get("x-amz-checksum-sha256"),
+            f"Checksum{self.part_checksum}": headers.get(name),
         }
 
     def close(self) -> None:
         super().close()
         with self._sender_lock:
             self._sender = None  # the runtime's client shuts down when released
+
+
+def sha256_header(sha256_hex: str) -> tuple[str, str]:
+    """The ``x-amz-checksum-sha256`` header of a body whose SHA-256 is ``sha256_hex``."""
+    return "x-amz-checksum-sha256", base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+
+
+class _ViewStream:
+    """A read-only stream over a memoryview, for the runtime to read a part from the
+    buffer it is in (``io.BytesIO`` would copy it first); seekable, for its retries."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view, self._at = view, 0
+
+    def readinto(self, into: memoryview) -> int:
+        n = min(len(into), len(self._view) - self._at)
+        into[:n] = self._view[self._at : self._at + n]
+        self._at += n
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._view) if size < 0 else min(len(self._view), self._at + size)
+        data, self._at = bytes(self._view[self._at : end]), end
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, min(len(self._view), base + offset))
+        return self._at
 
 
 class _Budget:
@@ -282,29 +328,31 @@ class _CrtSender:
         self,
         key: str,
         query: str,
-        body: bytes | None,
-        sha256_hex: str,
+        body: bytes | memoryview | None,
+        checksum: tuple[str, str],
+        payload_sha256: str | None,
         *,
         send_path: str | None = None,
         size: int = 0,
     ) -> dict[str, str]:
-        """PUT ``body`` (or the file at ``send_path``, ``size`` bytes), whose SHA-256 is
-        ``sha256_hex``, at ``key``; the response headers, lowercased. Raises a botocore
-        ``ClientError`` for an error reply."""
+        """PUT ``body`` (or the file at ``send_path``, ``size`` bytes) at ``key`` with the
+        ``checksum`` header (name, value) the store checks; the payload signed as its
+        SHA-256 ``payload_sha256`` where it is known, else as ``UNSIGNED-PAYLOAD`` (the
+        checksum header is signed either way). The response headers, lowercased. Raises a
+        botocore ``ClientError`` for an error reply."""
         from awscrt import http
 
         path = self._base + urllib.parse.quote(key, safe="/~")
         if query:
             path += "?" + query
-        checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
         headers = http.HttpHeaders(
             [
                 ("Host", self.host),
                 ("Content-Length", str(size if body is None else len(body))),
-                ("x-amz-checksum-sha256", checksum),
+                checksum,
             ]
         )
-        stream = None if body is None else io.BytesIO(body)
+        stream = None if body is None else _ViewStream(memoryview(body))
         request = http.HttpRequest("PUT", path, headers, stream)
         reply: dict[str, Any] = {}
 
@@ -322,7 +370,9 @@ class _CrtSender:
             operation_name=operation,
             request=request,
             send_filepath=send_path,
-            signing_config=self._signing(sha256_hex),
+            signing_config=self._signing(
+                payload_sha256 or self._auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD
+            ),
             on_headers=on_headers,
             on_done=on_done,
         )

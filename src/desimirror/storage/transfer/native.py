@@ -15,19 +15,25 @@ and every file is read once:
   and the store checks it. The reader's digest must equal the one the store returns; it
   becomes the file's checksum in the manifest.
 * A file larger than ``multipart_threshold`` is sent in parts by this module rather than
-  s3transfer, because the parts must be read in order for the whole-file SHA-256 to come
-  out of the same single read: each part is hashed and sent with its own
-  ``ChecksumSHA256`` (checked by the store), and the upload is completed only if the
-  whole-file digest matches the published one; otherwise it is aborted, so a corrupt file
-  never becomes an object. The result carries the part size and the parts' digests, from
-  which the object's COMPOSITE checksum (``base64(sha256(part digests))-N``) is recomputed.
-  At most ``multipart_concurrency`` parts are held in memory across all large files.
+  s3transfer, because the whole-file SHA-256 must come out of the same single read: each
+  part is read at its offset into one of ``multipart_concurrency`` reused buffers, several
+  parts of a file at once, and hashed into the whole in order (:class:`_PartReads`), then
+  sent with its own checksum (``part_checksum``: SHA-256 here, CRC32C in the crt
+  backend), which the store checks; the upload is completed only if the
+  whole-file SHA-256 matches the published one; otherwise it is aborted, so a corrupt file
+  never becomes an object. The result carries the part size and the parts' checksums,
+  from which the object's COMPOSITE checksum (``base64(H(part checksums))-N``) is
+  recomputed.
 * A store may accept a checksum without checking it and return none (Ceph radosgw 16
   does). Until the store has been seen returning checksums, the same read also computes
   MD5s, and an object the store returned no checksum for is proven by its ETag instead
   (``proof="etag"``: the MD5 of the bytes, or ``md5(part md5s)-N``); an ETag that is an
   MD5 of other bytes fails the file. :meth:`NativeBackend.validation_note` tells the
-  uploader how many files the store did not check, so the run says so.
+  uploader how many files the store did not check, so the run says so. For parts, the
+  store is asked once, before the first large file (:meth:`NativeBackend._probe_parts`: a
+  tiny part with a wrong checksum must be refused and one with the right checksum
+  accepted and echoed, in an upload that is then aborted), so that no large file computes
+  MD5s against a store known to check its parts.
 
 Concurrency adapts: each file transfer holds a slot of :attr:`NativeBackend.concurrency`,
 and every throttling answer botocore sees (also those it retries itself) lowers the limit.
@@ -37,6 +43,7 @@ fails is reported with ``retryable`` set from the error class, and the uploader 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -52,8 +59,9 @@ from desimirror.integrity.checksums import (
     CHUNK,
     HashingReader,
     b64_of_hex,
-    composite_sha256,
+    composite_checksum,
     corrupt_text,
+    crc32c,
     hash_stream,
     hex_of_b64,
     multipart_etag,
@@ -109,8 +117,13 @@ class NativeBackend:
     #: gets the same ETag from both backends).
     #: Parts in flight (and in memory) across all large files of the backend at once.
     multipart_concurrency = 8
+    #: The checksum each part is sent with and the store checks (S3's name); the whole
+    #: file's SHA-256 comes from the same read either way.
+    part_checksum = "SHA256"
     #: Attempts per part; a part is in memory, so retrying it is cheap and safe.
     part_attempts = 4
+    #: Seconds a part waits for the one before it to be read and hashed.
+    part_read_timeout = 600.0
     part_backoff = 0.5
     #: Client settings; read when the client is built, at the first batch.
     max_attempts = 3
@@ -129,7 +142,9 @@ class NativeBackend:
         self._client: Any = None
         self._pool: ThreadPoolExecutor | None = None
         self._parts: ThreadPoolExecutor | None = None
-        self._part_slots: threading.BoundedSemaphore | None = None
+        self._part_buffers: _Buffers | None = None
+        self._probe_lock = threading.Lock()
+        self._probed = False
         #: Whether the store returns the checksums it was sent, per kind of upload ("single",
         #: "multipart"): None until seen. While not known to, MD5s are computed on the read,
         #: so that the ETag can prove the content instead.
@@ -148,7 +163,7 @@ class NativeBackend:
                     max_attempts=self.max_attempts,
                 )
                 self._client.meta.events.register_first("needs-retry.s3", self._observe)
-                self._part_slots = threading.BoundedSemaphore(self.multipart_concurrency)
+                self._part_buffers = _Buffers(self.multipart_concurrency, self.multipart_chunksize)
                 self._parts = ThreadPoolExecutor(
                     self.multipart_concurrency, thread_name_prefix="desimirror-part"
                 )
@@ -341,11 +356,12 @@ class NativeBackend:
     # -- multipart ------------------------------------------------------------------------
 
     def _put_large(self, item: TransferItem, client: Any) -> TransferResult:
-        bucket, key = self.target.bucket, item.key
+        bucket, key, field = self.target.bucket, item.key, f"Checksum{self.part_checksum}"
+        self._probe_parts(client, item)
         with open_source(item) as stream:
             check_size(os.fstat(stream.fileno()).st_size, item)
             created = client.create_multipart_upload(
-                Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256"
+                Bucket=bucket, Key=key, ChecksumAlgorithm=self.part_checksum
             )
             upload_id = created["UploadId"]
             try:
@@ -365,9 +381,9 @@ class NativeBackend:
         length = int(head.get("ContentLength", -1))
         if length != item.size:
             raise ChangedFile(f"the object has {length} bytes, expected {item.size}: file changed")
-        digests = tuple(p["ChecksumSHA256"] for p in parts)
-        composite = composite_sha256(digests)
-        stored = head.get("ChecksumSHA256") or done.get("ChecksumSHA256")
+        digests = tuple(p[field] for p in parts)
+        composite = composite_checksum(digests)
+        stored = head.get(field) or done.get(field)
         etag = strip_etag(head.get("ETag") or done.get("ETag"))
         if stored:
             if not same_composite(stored, composite):
@@ -377,6 +393,8 @@ class NativeBackend:
             self._saw_checksum("multipart")
             proof = "composite"
         else:
+            with self._lock:  # the probe was wrong: MD5s from the next file's read on
+                self._store_checks["multipart"] = False
             expected = multipart_etag(md5s) if md5s else self._reread(item).etag
             proof = self._etag_proof("multipart", etag, expected)
         return TransferResult(
@@ -392,84 +410,73 @@ class NativeBackend:
     def _send_parts(
         self, stream: Any, item: TransferItem, client: Any, upload_id: str
     ) -> tuple[list[dict[str, Any]], str, list[bytes]]:
-        """Read the file once, in order; send its parts concurrently; (parts, whole SHA-256,
-        the parts' MD5s while the store is not known to return checksums)."""
-        parts_pool, slots = self._parts, self._part_slots
+        """Read the file once, each part into a free buffer by a thread of the parts' pool
+        (see :class:`_PartReads`), and send the parts concurrently; (parts, whole SHA-256,
+        the parts' MD5s while the store is not known to check part checksums)."""
+        parts_pool, buffers = self._parts, self._part_buffers
         assert parts_pool is not None
-        assert slots is not None
-        whole = hashlib.sha256()
-        md5s: list[bytes] | None = [] if self._wants_md5("multipart") else None
-        failed = threading.Event()
-        futures: list[Future] = []
-        total = 0
+        assert buffers is not None
+        reads = _PartReads(
+            stream.fileno(),
+            item.size,
+            self.multipart_chunksize,
+            md5=self._wants_md5("multipart"),
+            timeout=self.part_read_timeout,
+        )
+        futures: list[tuple[Future, bytearray]] = []
         try:
-            while not failed.is_set():
+            for number in range(1, reads.count + 1):
+                if reads.failed.is_set():
+                    break
                 if self._closing.is_set():
                     raise _Cancelled("the backend was closed")
-                slots.acquire()
+                buffer = buffers.take()
                 try:
-                    data = _read_exact(stream, self.multipart_chunksize)
-                except BaseException:
-                    slots.release()
-                    raise
-                if not data:
-                    slots.release()
-                    break
-                total += len(data)
-                whole.update(data)
-                if md5s is not None:
-                    md5s.append(hashlib.md5(data).digest())
-                digest = hashlib.sha256(data).digest()
-                futures.append(
-                    parts_pool.submit(
-                        self._send_part,
-                        client,
-                        item,
-                        upload_id,
-                        len(futures) + 1,
-                        data,
-                        digest,
-                        failed,
+                    future = parts_pool.submit(
+                        self._send_part, client, item, upload_id, reads, number, buffer
                     )
-                )
-                if len(data) < self.multipart_chunksize:
-                    break
-            wait(futures)
-            errors = [f.exception() for f in futures if f.exception() is not None]
+                except BaseException:  # the pool was shut down: the backend closes
+                    buffers.give(buffer)
+                    raise
+                futures.append((future, buffer))
+            wait([f for f, _ in futures])
+            errors = [f.exception() for f, _ in futures if f.exception() is not None]
             if errors:  # the root cause, not the parts that stopped because of it
                 raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])
-            parts = [future.result() for future in futures]
+            parts = [future.result() for future, _ in futures]
         except BaseException:
-            failed.set()
-            for future in futures:
-                if future.cancel():  # never started: its slot is still taken
-                    slots.release()
+            reads.fail()
+            for future, buffer in futures:
+                if future.cancel():  # never started: its buffer is still taken
+                    buffers.give(buffer)
             raise
-        if total != item.size:
-            raise ChangedFile(f"read {total} bytes, expected {item.size}: file changed")
-        return parts, whole.hexdigest(), md5s or []
+        check_size(os.fstat(stream.fileno()).st_size, item)  # grown while read: not this file
+        return parts, reads.whole.hexdigest(), reads.md5_list()
 
     def _send_part(
         self,
         client: Any,
         item: TransferItem,
         upload_id: str,
+        reads: _PartReads,
         number: int,
-        data: bytes,
-        digest: bytes,
-        failed: threading.Event,
+        buffer: bytearray,
     ) -> dict[str, Any]:
-        """Send one part (retrying transient failures); frees its memory slot at the end."""
-        assert self._part_slots is not None
-        b64 = b64_of_hex(digest.hex())
+        """Read, checksum and send one part (retrying transient failures); gives its
+        buffer back at the end."""
+        assert self._part_buffers is not None
+        field = f"Checksum{self.part_checksum}"
 
         def send() -> Any:
-            if failed.is_set() or self._closing.is_set():
+            if reads.failed.is_set() or self._closing.is_set():
                 raise _Cancelled("another part of the file failed")
             return self._upload_part(client, item, upload_id, number, data, digest)
 
         try:
             try:
+                data = reads.read(number, buffer)
+                digest = self._part_digest(data)
+                b64 = base64.b64encode(digest).decode("ascii")
                 response = retry_call(
                     send,
                     attempts=self.part_attempts,
@@ -478,15 +485,60 @@ class NativeBackend:
                 )
             except _Cancelled:
                 raise
-            except Exception:
-                failed.set()  # stop reading further parts of this file
+            except BaseException:
+                reads.fail()  # stop reading further parts of this file
                 raise
-            returned = response.get("ChecksumSHA256")
+            returned = response.get(field)
             if returned and returned != b64:
                 raise RuntimeError(f"part {number}: the store reports checksum {returned}")
-            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": b64}
+            return {"PartNumber": number, "ETag": response["ETag"], field: b64}
         finally:
-            self._part_slots.release()
+            self._part_buffers.give(buffer)
+
+    def _part_digest(self, data: memoryview) -> bytes:
+        """The raw checksum of one part, in ``part_checksum``."""
+        if self.part_checksum == "CRC32C":
+            return crc32c(data)
+        return hashlib.sha256(data).digest()
+
+    def _probe_parts(self, client: Any, item: TransferItem) -> None:
+        """Once per backend, before its first multipart upload: whether the store checks
+        part checksums (then no large file computes MD5s for an ETag fallback). Asked
+        with a few bytes at the item's own key (what the run may write), in an upload that
+        is aborted, so nothing is stored."""
+        with self._probe_lock:
+            if self._probed or self._store_checks["multipart"] is not None:
+                return
+            self._probed = True
+            try:
+                checks = self._store_checks_parts(client, item)
+            except Exception:  # a failing store fails the real upload, with its own error
+                checks = False
+            if checks:
+                with self._lock:
+                    self._store_checks["multipart"] = True
+
+    def _store_checks_parts(self, client: Any, item: TransferItem) -> bool:
+        """A part with a wrong checksum refused, the same part with its right one taken and
+        its checksum returned: the store checks part checksums."""
+        probe = memoryview(b"desimirror asks: does this store check part checksums?")
+        right, wrong = self._part_digest(probe), self._part_digest(probe[1:])
+        key, field = item.key, f"Checksum{self.part_checksum}"
+        bucket = self.target.bucket
+        upload_id = client.create_multipart_upload(
+            Bucket=bucket, Key=key, ChecksumAlgorithm=self.part_checksum
+        )["UploadId"]
+        try:
+            try:
+                self._upload_part(client, item, upload_id, 1, probe, wrong)
+                return False  # took bytes that do not match their checksum
+            except Exception as exc:
+                if error_code(exc)[0] not in DIGEST_CODES:
+                    return False
+            answer = self._upload_part(client, item, upload_id, 1, probe, right)
+            return answer.get(field) == base64.b64encode(right).decode("ascii")
+        finally:
+            self._abort(client, key, upload_id)
 
     def _upload_part(
         self,
@@ -494,18 +546,20 @@ class NativeBackend:
         item: TransferItem,
         upload_id: str,
         number: int,
-        data: bytes,
+        data: memoryview,
         digest: bytes,
     ) -> dict[str, Any]:
-        """One UploadPart with its SHA-256 (``digest``, raw); the response as boto3 gives it
-        (``ETag``, ``ChecksumSHA256``). The one call another engine replaces."""
+        """One UploadPart with its checksum (``digest``, raw, in ``part_checksum``); the
+        response as boto3 gives it (``ETag``, ``Checksum<algorithm>``). The one call another
+        engine replaces."""
+        checksum = {f"Checksum{self.part_checksum}": base64.b64encode(digest).decode("ascii")}
         return client.upload_part(
             Bucket=self.target.bucket,
             Key=item.key,
             UploadId=upload_id,
             PartNumber=number,
-            Body=data,
-            ChecksumSHA256=b64_of_hex(digest.hex()),
+            Body=bytes(data),  # botocore sends bytes; the buffer is reused after the part
+            **checksum,
         )
 
     def _abort(self, client: Any, key: str, upload_id: str) -> None:
@@ -539,17 +593,87 @@ def open_source(item: TransferItem) -> Any:
     return os.fdopen(fd, "rb", buffering=CHUNK)
 
 
-def _read_exact(stream: Any, size: int) -> bytes:
-    """Up to ``size`` bytes, fewer only at the end of the file."""
-    chunks: list[bytes] = []
-    left = size
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+class _PartReads:
+    """One large file's parts, read at their offsets by the parts' threads, several at a
+    time (a network filesystem serves one sequential stream slowly; s5cmd reads five parts
+    of a file at once), each byte once; the whole file's SHA-256 is updated with each part
+    in order, from the buffer it was read into, by the thread that read it."""
+
+    def __init__(self, fd: int, size: int, part_size: int, *, md5: bool, timeout: float) -> None:
+        self.fd, self.size, self.part_size, self.timeout = fd, size, part_size, timeout
+        self.count = max(1, -(-size // part_size))
+        self.whole = hashlib.sha256()
+        self.failed = threading.Event()
+        self._md5s: dict[int, bytes] | None = {} if md5 else None
+        self._turn = 1  # the part whose bytes the whole-file hash takes next
+        self._changed = threading.Condition()
+
+    def read(self, number: int, buffer: bytearray) -> memoryview:
+        """Part ``number`` (from 1) read into ``buffer``, and hashed into the whole."""
+        if self.failed.is_set():
+            raise _Cancelled("another part of the file failed")
+        offset = (number - 1) * self.part_size
+        size = min(self.part_size, self.size - offset)
+        view, got = memoryview(buffer)[:size], 0
+        while got < size:
+            n = os.preadv(self.fd, [view[got:]], offset + got)
+            if n == 0:
+                break
+            got += n
+        if got != size:
+            raise ChangedFile(f"part {number} has {got} bytes, expected {size}: file changed")
+        if self._md5s is not None:
+            self._md5s[number] = hashlib.md5(view).digest()
+        self._hash_in_turn(number, view)
+        return view
+
+    def _hash_in_turn(self, number: int, view: memoryview) -> None:
+        # Parts are submitted in order to a FIFO pool, so the one before is running or
+        # done: waiting for it never waits for a part that waits for this one.
+        with self._changed:
+            turn = self._changed.wait_for(
+                lambda: self._turn == number or self.failed.is_set(), self.timeout
+            )
+            if self.failed.is_set():
+                raise _Cancelled("another part of the file failed")
+            if not turn:
+                raise TimeoutError(f"part {number - 1} was not read in {self.timeout:.0f} s")
+        self.whole.update(view)  # only the part whose turn it is: no lock needed
+        with self._changed:
+            self._turn += 1
+            self._changed.notify_all()
+
+    def fail(self) -> None:
+        self.failed.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def md5_list(self) -> list[bytes]:
+        return [self._md5s[n] for n in sorted(self._md5s)] if self._md5s else []
+
+
+class _Buffers:
+    """Part-sized buffers, at most ``count``, reused: a large file's parts are read into
+    memory that is already mapped (a fresh 50 MiB allocation costs page faults on every
+    part), and taking one is the wait for a part slot."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.size, self._left = size, count
+        self._free: list[bytearray] = []
+        self._changed = threading.Condition()
+
+    def take(self) -> bytearray:
+        with self._changed:
+            self._changed.wait_for(lambda: self._free or self._left > 0)
+            if self._free:
+                return self._free.pop()
+            self._left -= 1
+        return bytearray(self.size)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._changed:
+            self._free.append(buffer)
+            self._changed.notify()
 
 
 def check_key(key: str) -> None:
