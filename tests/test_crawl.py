@@ -416,6 +416,8 @@ _AS_NOBODY = """
 import os, sys
 import concurrent.futures.thread, sqlite3, json
 import desimirror.cli, desimirror.pipeline.crawl, desimirror.pipeline.findjson
+for name in desimirror.cli.COMMANDS:  # imported when run: nobody could not
+    desimirror.cli.cli.get_command(None, name)
 os.setgroups([]); os.setgid({uid}); os.setuid({uid})
 desimirror.cli.main(sys.argv[1:])
 """

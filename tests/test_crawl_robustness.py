@@ -404,6 +404,8 @@ def test_names_with_newlines_quotes_backslashes_and_bad_bytes(
 _AS_NOBODY = """
 import os, sys
 import desimirror.cli, desimirror.pipeline.crawl, desimirror.pipeline.findjson
+for name in desimirror.cli.COMMANDS:  # imported when run: nobody could not
+    desimirror.cli.cli.get_command(None, name)
 import desimirror.pipeline.status
 os.setgroups([]); os.setgid({uid}); os.setuid({uid})
 desimirror.cli.main(sys.argv[1:])

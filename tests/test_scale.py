@@ -30,6 +30,8 @@ def _kind(method: str, key: str, query: str) -> str:
         return "head" if key else "head_bucket"
     if method == "GET":
         return "get" if key else "list"
+    if method == "DELETE" and "uploadId" in params:
+        return "multipart_abort"
     return method.lower()
 
 
@@ -131,8 +133,10 @@ def test_estimate_counts_the_requests_a_real_upload_makes(
     assert estimate["files"] == report["files_sent"]
     assert estimate["bytes"] == report["bytes_sent"]
     assert {k: n for k, n in estimate["requests"].items() if n} == counted
-    assert estimate["requests"]["multipart_part"] == 3
-    put_class = sum(n for k, n in counted.items() if k not in ("head", "head_bucket"))
+    assert estimate["requests"]["multipart_part"] == 3 + 2  # the cube's, the store's probe
+    put_class = sum(
+        n for k, n in counted.items() if k not in ("head", "head_bucket", "multipart_abort")
+    )
     expected = put_class * 0.005 / 1000 + (counted.get("head", 0) + 1) * 0.0004 / 1000
     assert estimate["cost_usd_total"] == pytest.approx(expected, abs=1e-4)
 

@@ -48,12 +48,12 @@ class LazyCommands(click.Group):
     then loads what ``status`` needs, not every stage's dependencies (half a second of
     start-up, paid by every command, every script and every test that runs one)."""
 
-    def list_commands(self, _ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
 
-    def get_command(self, _ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS:
-            return None
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:  # one added with add_command, or none
+            return super().get_command(ctx, cmd_name)
         module, attribute = COMMANDS[cmd_name]
         return getattr(importlib.import_module(f"desimirror.cli.{module}"), attribute)
 

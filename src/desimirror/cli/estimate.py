@@ -105,7 +105,9 @@ def _lines(r: dict) -> list[str]:
     ]
     for kind, n in r["requests"].items():
         if n:
-            billed = "PUT/POST/LIST" if BILLED_AS[kind] == "put" else "GET/HEAD"
+            billed = {"put": "PUT/POST/LIST", "get": "GET/HEAD", "free": "DELETE: free"}[
+                BILLED_AS[kind]
+            ]
             lines.append(
                 f"  {kind:<20} {n:>14,}  ${r['cost_usd'][kind]:>12,.2f}  (billed as {billed})"
             )

@@ -10,6 +10,8 @@ bucket that does not yet hold the files (a fresh mirror):
 * per file, one PUT up to the part size, else CreateMultipartUpload, one UploadPart per
   part and CompleteMultipartUpload (the rule both backends follow), and with
   ``--backend native`` a HEAD of each completed multipart object (its composite checksum);
+* with the native and crt backends, once if any file is multipart, the probe of whether the
+  store checks part checksums (:data:`PART_PROBE`);
 * with ``--backend s5cmd``, whose objects' ETags are read back to prove them: per chunk of
   at most ``chunk_files`` files, the same lookup again, one LIST page per 1,000 keys (a HEAD
   each below the lookup's threshold). This part is an approximation: a listing pages
@@ -18,10 +20,10 @@ bucket that does not yet hold the files (a fresh mirror):
 Objects already in the bucket (a resumed mirror, objects to adopt) make the lookups page
 through them, and adopted files need no PUT: the estimate is then an upper bound on PUTs.
 
-Cost: PUT, COPY, POST and LIST requests at one price, GET and HEAD at another, as S3
-bills them; data transfer into S3 is free. The default prices are AWS S3 Standard's list
-prices in us-east-1 (:data:`DEFAULT_PRICES`, with the date they were read); every one can
-be overridden.
+Cost: PUT, COPY, POST and LIST requests at one price, GET and HEAD at another, DELETE and
+an abort free, as S3 bills them; data transfer into S3 is free. The default prices are
+AWS S3 Standard's list prices in us-east-1 (:data:`DEFAULT_PRICES`, with the date they were
+read); every one can be overridden.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from desimirror.errors import UsageError
 from desimirror.state.manifest import Manifest
 from desimirror.storage.lookup import LIST_MIN_KEYS
 
-#: USD per request: (PUT, COPY, POST, LIST), (GET, HEAD). S3 Standard, us-east-1.
-DEFAULT_PRICES = {"put": 0.005 / 1000, "get": 0.0004 / 1000}
+#: USD per request: (PUT, COPY, POST, LIST), (GET, HEAD), (DELETE, abort: free). S3 Standard,
+#: us-east-1.
+DEFAULT_PRICES = {"put": 0.005 / 1000, "get": 0.0004 / 1000, "free": 0.0}
 PRICES_AS_OF = "2026-12-02"
 PRICES_SOURCE = "AWS S3 Standard list prices, us-east-1 (aws.amazon.com/s3/pricing)"
 #: Which price each kind of request is billed at.
@@ -45,7 +48,12 @@ BILLED_AS = {
     "multipart_create": "put",
     "multipart_part": "put",
     "multipart_complete": "put",
+    "multipart_abort": "free",
 }
+#: The native and crt backends ask the store once a run, before the first large file,
+#: whether it checks part checksums: a multipart upload with a wrong part, then the right
+#: one, aborted (``NativeBackend._probe_parts``).
+PART_PROBE = {"multipart_create": 1, "multipart_part": 2, "multipart_abort": 1}
 LIST_PAGE = 1000
 
 
@@ -109,6 +117,9 @@ def estimate(
         if backend == "s5cmd":
             for chunk in _chunks(sizes, chunk_files, chunk_bytes):
                 _lookup(requests, chunk, pages=True)
+    if report.files_multipart and backend != "s5cmd":
+        for kind, n in PART_PROBE.items():
+            requests[kind] += n
     _totals(report)
     return report
 
