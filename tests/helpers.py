@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +81,25 @@ def kill_once(
         if victim.poll() is None:
             victim.kill()
             victim.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def local_cluster(threads_per_worker: int, env: dict[str, str] | None = None) -> Iterator:
+    """A Dask ``LocalCluster`` of two worker processes on 127.0.0.1 (no dashboard), closed
+    on the way out; ``env`` goes into the workers' environment."""
+    import pytest
+
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        protocol="tcp",
+        env=dict(env or {}),
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()

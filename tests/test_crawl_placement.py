@@ -17,7 +17,7 @@ import pytest
 
 from desimirror.errors import UsageError
 from desimirror.pipeline import executors
-from helpers import assert_clean_error, run_cli
+from helpers import assert_clean_error, local_cluster, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +29,8 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scheduler() -> Iterator[str]:
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=4,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        protocol="tcp",
-    )
-    try:
+    with local_cluster(4) as cluster:
         yield cluster.scheduler_address
-    finally:
-        cluster.close()
 
 
 def _manifest_rows(db: Path) -> list[tuple]:

@@ -26,7 +26,7 @@ from desimirror.pipeline.upload.cluster import SendSpec, send_chunk
 from desimirror.storage.keys import KeyMap
 from desimirror.storage.transfer import S3Target, TransferItem
 from faultproxy import FaultProxy
-from helpers import assert_clean_error, run_cli
+from helpers import assert_clean_error, local_cluster, run_cli
 from test_pipeline import (
     assert_bucket_equals_disk,
     kill_upload_then_resume,
@@ -42,21 +42,12 @@ def cluster(s3) -> Iterator[object]:
     their environment; shared by this module's tests (a killed worker is restarted by
     its nanny, and the test that kills one waits for it to come back)."""
     distributed = pytest.importorskip("distributed")
-    local = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        protocol="tcp",
-        env=dict(s3.env),
-    )
-    client = distributed.Client(local, set_as_default=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        local.close()
+    with local_cluster(1, s3.env) as local:
+        client = distributed.Client(local, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 @pytest.fixture(scope="module")
