@@ -1,7 +1,8 @@
 """The crawl's rows into the state db: listings batched in the crawling process, written
 by a forked child with its own connection and its own GIL (or by a thread where the OS
 cannot fork), with the WAL checkpointed in the background, and the directory sizes summed
-as the listings arrive."""
+as the listings arrive. An import of find.json hands its rows to the same writer
+(:meth:`RowWriter.put`), so that its tokenizer and SQLite run on two cores."""
 
 from __future__ import annotations
 
