@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,6 +177,60 @@ def test_a_first_import_bad_half_way_leaves_no_entry(
     # the tree's counts, from the sums the import made as it read, equal a recount
     assert treetallies.kept(manifest.conn) == treetallies.scan(manifest.conn)
     assert treetallies.of(manifest.conn, "a") == {"pending": (9, 9)}
+
+
+_KILLED_MID_IMPORT = """
+import os, signal, sqlite3, sys, time
+import desimirror.pipeline.crawl.rowwriter as rowwriter
+import desimirror.pipeline.findjson as findjson
+from desimirror.state.manifest import Manifest
+findjson.CHUNK_ROWS = 1000
+handed = []
+put = rowwriter.RowWriter.put
+def put_then_die(self, *batch):
+    put(self, *batch)
+    handed.append(1)
+    if len(handed) == 3:  # once some rows are committed the node goes down: both processes
+        db = sqlite3.connect(sys.argv[2], timeout=30)
+        deadline = time.monotonic() + 30
+        while not db.execute("SELECT count(*) FROM entries").fetchone()[0]:
+            assert time.monotonic() < deadline, "no rows committed"
+            time.sleep(0.02)
+        os.kill(self.sink.pid, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+rowwriter.RowWriter.put = put_then_die
+with Manifest.open(sys.argv[2], create=True) as m:
+    findjson.import_tree_json(sys.argv[1], m)
+"""
+
+
+def test_a_first_import_killed_mid_way_is_refused_then_run_again(tmp_path: Path) -> None:
+    """The importing process and its writer are killed (a node going down) after some
+    chunks are committed: the commands that need the whole tree refuse the db, and the
+    same import run again completes it, index and counts included."""
+    dirs = [[f"d{d}", 0, 1000 * d, *[[f"f{i:04}", 1, d] for i in range(1000)]] for d in range(5)]
+    source = tmp_path / "find.json"
+    source.write_text(dump(["rel", 0, 10000, *dirs]))
+    db = tmp_path / "m.db"
+    script = [sys.executable, "-c", _KILLED_MID_IMPORT, str(source), str(db)]
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with Manifest.open(db) as m:
+        assert 0 < m.conn.execute("SELECT count(*) FROM entries").fetchone()[0] < 5006
+        assert m.unfinished_crawl() is not None
+    status = run_cli("status", "--db", str(db))
+    assert "did not finish" in status.stdout + status.stderr
+    assert_clean_error(run_cli("plan", "--db", str(db)), "refuses a partial tree")
+    proc = run_cli("crawl", "--from-json", str(source), "--db", str(db), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["entries"], report["files"], report["bytes"]) == (5006, 5000, 10000)
+    with Manifest.open(db) as m:
+        assert m.unfinished_crawl() is None
+        assert [m.get(f"d{d}").size for d in range(5)] == [1000 * d for d in range(5)]
+        indexes = m.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        assert "entries_by_parent" in {name for (name,) in indexes}
+        assert treetallies.kept(m.conn) == treetallies.scan(m.conn)
 
 
 @pytest.mark.parametrize("name", ["..", "a/b", ""])

@@ -29,7 +29,6 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii  # what json.dump uses for ensure_ascii
 from operator import itemgetter
 from pathlib import Path
@@ -41,10 +40,12 @@ from desimirror.pipeline.crawl import (
     CHUNK_ROWS,
     ERROR_EXAMPLES,
     CrawlSummary,
+    LoadMode,
+    RowWriter,
     TreeRoot,
-    WalCheckpointer,
     classify_link,
     close_crawl,
+    open_row_writer,
     os_error_reason,
     resolve_root,
 )
@@ -457,7 +458,7 @@ def import_tree_json(
     verified like a crawl. The db is bound to the root and to the JSON root's name.
 
     A file that turns out bad half-way (a syntax error, an unsafe name like ``..``, a bad
-    size, nesting past :data:`MAX_DEPTH`) changes no entry (see :func:`_import_writes`),
+    size, nesting past :data:`MAX_DEPTH`) changes no entry (see :func:`_load`),
     and the failed import is recorded as a crawl with one error. Names
     that are not valid UTF-8 (escaped surrogates, which an S3 key cannot hold) and
     repeated names are skipped with their subtrees and recorded as crawl errors.
@@ -483,24 +484,31 @@ def import_tree_json(
         manifest.bind_root(tree.path if tree else None, name)
         crawl_id = manifest.begin_crawl(root or os.path.abspath(source))
         summary = CrawlSummary(crawl_id, root, name, "json")
-        if tree is not None:
-            local = LocalTree(tree)
-        stack.append(_Frame("", typ, size, local.root_fd if local else None))
-        progress.start("import")
         first = not manifest.has_entries()
         # nothing is done or failed: every file of a first import is pending, and the
         # tree's counts are written as the directories are left, not counted at the end
         counts_pending = first and manifest.start_pending_counts()
+        mode = LoadMode(first=first, one_transaction=not first, pending_counts=counts_pending)
+        # forked before the tree's directories are opened, which it need not inherit
+        writer = open_row_writer(manifest, crawl_id, summary, mode, fork=hasattr(os, "fork"))
         try:
-            with _import_writes(manifest, first):
-                totals = _load(nodes, stack, manifest, summary, progress, local, counts_pending)
+            if tree is not None:
+                local = LocalTree(tree)
+            stack.append(_Frame("", typ, size, local.root_fd if local else None))
+            progress.start("import")
+            totals = _load(nodes, stack, writer, summary, progress, local)
         except UsageError as exc:
+            writer.close(ok=False)
             # recorded, and left unfinished: what was loaded is not the tree
             with manifest.atomic():
                 if first:
                     manifest.discard_first_crawl(crawl_id)
                 manifest.put_crawl_errors(crawl_id, [("", f"import failed: {exc}")])
             raise UsageError(f"{source}: {exc}") from None
+        except BaseException:
+            writer.close(ok=False)
+            raise
+        writer.close()
     finally:
         stream.close()
         progress.close()
@@ -511,46 +519,41 @@ def import_tree_json(
     return summary
 
 
-@contextmanager
-def _import_writes(manifest: Manifest, first: bool) -> Iterator[None]:
-    """How an import writes its chunks of rows. Into a db that holds a tree: in one
-    transaction, so that a file bad half-way changes nothing. Into one that holds none (a
-    first import): a transaction per chunk with the WAL copied into the db in the
-    background, as a crawl writes, so the WAL stays small while the rows are written
-    instead of growing to the size of the db (3.5 GB at ten million entries); a file
-    bad half-way has its rows deleted again
-    (:meth:`Manifest.discard_first_crawl`), and a kill leaves an unfinished crawl, which
-    the commands that need the whole tree refuse, as after a crawl killed."""
-    with manifest.bulk_load(drop_parent_index=first):
-        if first:
-            with WalCheckpointer(str(manifest.path)):
-                yield
-        else:
-            with manifest.atomic():
-                yield
-
-
 def _load(
     nodes: Iterator[Node | None],
     stack: list[_Frame],
-    manifest: Manifest,
+    writer: RowWriter,
     summary: CrawlSummary,
     progress: Progress,
     local: LocalTree | None,
-    counts_pending: bool,
 ) -> tuple[int, int]:
-    """Write every node below the root (alone on ``stack``) into the manifest, in chunks
-    of rows; with a ``local`` tree, as stat'ed there. Each directory's size is written as
-    the import leaves it (the sum of the uploadables recorded below it), and with
-    ``counts_pending`` its count of pending files too. Returns (files, bytes) of the
-    uploadables recorded."""
+    """Hand every node (the root alone on ``stack``) to the ``writer`` as rows, in chunks;
+    with a ``local`` tree, as stat'ed there. Each directory's size goes with the chunk in
+    which the import leaves it (the sum of the uploadables recorded below it). Returns
+    (files, bytes) of the uploadables recorded.
+
+    How the writer writes (:class:`LoadMode`): into a db that holds a tree, in one
+    transaction, so that a file bad half-way changes nothing. Into one that holds none (a
+    first import): a transaction per chunk with the WAL copied into the db in the
+    background, as a crawl writes, so the WAL stays small instead of growing to the size
+    of the db (3.5 GB at ten million entries); a file bad half-way has its rows deleted
+    again (:meth:`Manifest.discard_first_crawl`), and a kill leaves an unfinished crawl,
+    which the commands that need the whole tree refuse, as after a crawl killed. The
+    writer is a process of its own where the OS can fork, so that SQLite and this
+    tokenizer run on two cores.
+    """
     root = stack[0]
     closed: list[tuple[str, int, int]] = []  # (path, files, bytes) of directories left
-    rows = [(local.root_entry() if local else Entry("", "dir", 0)).row()]
+    # without a tree an item is (name, kind, size): the rest is unknown (NULL in the db)
+    items: list[tuple] = [local.root_entry().row()[2:] if local else ("", "dir", 0)]
+    groups: list[tuple[str | None, list[tuple]]] = [(None, items)]  # None: the root's row
+    items_of: str | None = None  # the directory whose rows ``items`` holds
+    chunk = 1
     errors: list[tuple[str, str]] = []
     mismatched = 0
     uploadable = 0  # bytes: their sum must fit the db's integers too
     chunk_bytes = 0  # of the uploadables in rows
+    kinds = summary.kinds
 
     def error(path: str, message: str) -> None:
         summary.errors += 1
@@ -559,21 +562,17 @@ def _load(
         errors.append((path, message))
 
     def flush() -> None:
-        nonlocal uploadable, chunk_bytes
+        nonlocal uploadable, chunk_bytes, groups, errors, closed, chunk
         nbytes, chunk_bytes = chunk_bytes, 0
         uploadable += nbytes
         if uploadable > MAX_SIZE:
             raise UsageError("the files' sizes add up to more than 2^63-1 bytes")
-        summary.kinds.update(map(itemgetter(3), rows))
-        with manifest.atomic():  # a savepoint inside the import's transaction, if it has one
-            manifest.put_crawl_rows(summary.crawl_id, rows)
-            manifest.put_crawl_errors(summary.crawl_id, errors)
-            manifest.put_dir_totals(closed, pending=counts_pending)
-        summary.entries += len(rows)
-        progress.advance(files=len(rows), nbytes=nbytes)
-        rows.clear()
-        errors.clear()
-        closed.clear()
+        for _directory, group in groups:
+            kinds.update(map(itemgetter(1), group))
+        writer.put(groups, errors, closed)
+        summary.entries += chunk
+        progress.advance(files=chunk, nbytes=nbytes)
+        groups, errors, closed, chunk = [], [], [], 0
 
     for node in nodes:
         if node is None:
@@ -593,21 +592,21 @@ def _load(
         name, typ, size, leaf = node
         path = _checked_path(node, parent, error)
         fd = None
+        item: tuple | None = None
         if path is None:
             pass
         elif local is None:
-            kind = _KINDS[typ]
-            rows.append(
-                (path, parent.path, name, kind, 0 if typ == DIRECTORY else size, *_UNKNOWN_STAT)
-            )
             if typ == FILE:
+                item = (name, "file", size)
                 parent.files += 1
                 parent.bytes += size
                 chunk_bytes += size
+            else:
+                item = (name, _KINDS[typ], 0 if typ == DIRECTORY else size)
         else:
             entry, problem, fd = local.look(stack, name, path, typ, size, not leaf)
             if entry is not None:
-                rows.append(entry.row())
+                item = entry.row()[2:]
                 if entry.kind == "file" or entry.link_kind == "file":
                     parent.files += 1
                     parent.bytes += entry.size
@@ -616,12 +615,18 @@ def _load(
                 error(path, problem)
             if fd is None:
                 path = None  # its subtree in the file is not this tree's: skipped
+        if item is not None:
+            if items_of is not parent.path or not groups:
+                items_of, items = parent.path, []
+                groups.append((items_of, items))
+            items.append(item)
+            chunk += 1
         if leaf:
             mismatched += typ == DIRECTORY and size != 0
             parent.children += size
         else:
             stack.append(_Frame(path, typ, size, fd))
-        if len(rows) >= CHUNK_ROWS:
+        if chunk >= CHUNK_ROWS:
             flush()
     flush()
     if stack:  # the root was a leaf (an empty tree): no event closed it
@@ -640,10 +645,6 @@ def _load(
                 "recorded as symlinks (not uploaded), their contents where they really are"
             )
     return root.files, root.bytes
-
-
-#: mtime_ns, link_target, link_kind, ctime_ns, ino, dev of an entry find.json alone tells.
-_UNKNOWN_STAT = (None,) * 6
 
 
 def _checked_path(node: Node, parent: _Frame, error: Callable[[str, str], None]) -> str | None:

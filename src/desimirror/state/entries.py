@@ -20,18 +20,28 @@ _UNCHANGED = (
 )
 
 
-def _upsert_entries(crawl_id: int, *, with_sha256: bool) -> str:
+#: The columns of a row as the crawl and the import write it (see :func:`_upsert_entries`).
+_ROW_WIDTH = 11
+
+
+def _upsert_entries(crawl_id: int, *, with_sha256: bool, width: int = _ROW_WIDTH) -> str:
     """The one upsert of entries, for rows of (path, parent, name, kind, size, mtime_ns,
     link_target, link_kind, ctime_ns, ino, dev[, sha256]) seen by crawl ``crawl_id``.
+
+    Rows may stop after their first ``width`` columns: the others are NULL, written as
+    literals, since the sqlite3 module binds a None only after looking for an adapter for
+    it, which raises and catches an AttributeError each time: six of them made half an
+    import's cost (an import without a tree has no mtime, identity or link).
 
     A recorded checksum survives only if the entry is the same file as before (see
     :data:`_UNCHANGED`); rows without one (a crawl's) keep it then, and drop it otherwise.
     """
     sha256 = "?" if with_sha256 else "NULL"
+    values = ", ".join(["?"] * width + ["NULL"] * (_ROW_WIDTH - width))
     return (
         "INSERT INTO entries (path, parent, name, kind, size, mtime_ns, link_target,"
         " link_kind, ctime_ns, ino, dev, sha256, crawl_id)"
-        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {sha256}, {int(crawl_id)})"
+        f" VALUES ({values}, {sha256}, {int(crawl_id)})"
         " ON CONFLICT (path) DO UPDATE SET parent = excluded.parent, name = excluded.name,"
         " kind = excluded.kind,"
         f" sha256 = CASE WHEN {_UNCHANGED}"
@@ -343,10 +353,14 @@ class EntryTables(StateDb):
 
         A row is ``(path, parent, name, kind, size, mtime_ns, link_target, link_kind,
         ctime_ns, ino, dev)``: plain tuples cost a fraction of :class:`Entry` objects at
-        millions of rows. A crawl never brings a checksum, so a file's recorded one survives
-        only if its size, mtime and identity did not change, as with put_entries.
+        millions of rows. Rows may all stop after ``size`` (an import without its tree:
+        the rest is unknown, NULL). A crawl never brings a checksum, so a file's recorded
+        one survives only if its size, mtime and identity did not change, as with
+        put_entries.
         """
-        self.conn.executemany(_upsert_entries(crawl_id, with_sha256=False), rows)
+        if rows:
+            width = len(rows[0])
+            self.conn.executemany(_upsert_entries(crawl_id, with_sha256=False, width=width), rows)
         return len(rows)
 
     def start_pending_counts(self) -> bool:

@@ -51,6 +51,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 from desimirror.pipeline.crawl.rowwriter import (
     CHUNK_ROWS,
+    LoadMode,
     RowWriter,
     WalCheckpointer,
     open_row_writer,
@@ -77,11 +78,14 @@ __all__ = [
     "TASK_SECONDS",
     "CrawlError",
     "CrawlSummary",
+    "LoadMode",
+    "RowWriter",
     "TreeRoot",
     "WalCheckpointer",
     "classify_link",
     "close_crawl",
     "crawl",
+    "open_row_writer",
     "os_error_reason",
     "resolve_root",
     "scan_directory",
@@ -130,7 +134,7 @@ def crawl(
     summary.entries, summary.kinds["dir"] = 1, 1
     # the writer first: its process is forked before this crawl starts any thread
     fork = writer_process if writer_process is not None else hasattr(os, "fork")
-    writer = open_row_writer(manifest, crawl_id, summary, first=not recrawl, fork=fork)
+    writer = open_row_writer(manifest, crawl_id, summary, LoadMode(first=not recrawl), fork=fork)
     own = executor is None
     pool = executor or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crawl")
     progress.start("crawl")

@@ -1,7 +1,8 @@
 """The crawl's rows into the state db: listings batched in the crawling process, written
 by a forked child with its own connection and its own GIL (or by a thread where the OS
 cannot fork), with the WAL checkpointed in the background, and the directory sizes summed
-as the listings arrive."""
+as the listings arrive. An import of find.json hands its rows to the same writer
+(:meth:`RowWriter.put`), so that its tokenizer and SQLite run on two cores."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import select
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from desimirror import processes
@@ -45,20 +47,46 @@ PIPE_BYTES = 1 << 20
 
 
 def expand(groups: list[Group]) -> list[Row]:
-    """Manifest rows from a listing's groups: the path and parent put back on each item."""
+    """Manifest rows from a listing's groups: the path and parent put back on each item.
+    Items of (name, kind, size) alone (an import without its tree) make rows that stop
+    after the size (see :meth:`Manifest.put_crawl_rows`)."""
     rows: list[Row] = []
     for rel, items in groups:
         pre = rel + "/" if rel else ""
-        rows += [(pre + n, rel, n, k, s, m, t, lk, c, i, d) for n, k, s, m, t, lk, c, i, d in items]
+        if items and len(items[0]) == 3:
+            rows += [(pre + n, rel, n, k, s) for n, k, s in items]  # type: ignore[misc]
+        else:
+            rows += [
+                (pre + n, rel, n, k, s, m, t, lk, c, i, d) for n, k, s, m, t, lk, c, i, d in items
+            ]
     return rows
 
 
-def _write_batch(manifest: Manifest, crawl_id: int, batch: RowBatch) -> None:
-    groups, errors = batch
+@dataclass(frozen=True)
+class LoadMode:
+    """How the writer loads the rows into the db.
+
+    ``first``: the db holds no entries yet, so the parent index is built once at the end
+    (:meth:`Manifest.bulk_load`). ``one_transaction``: every batch in one transaction,
+    committed at the end and rolled back if the rows stop coming (a re-import, which a
+    file bad half-way must leave unchanged); otherwise a transaction per batch with the
+    WAL checkpointed in the background. ``pending_counts``: the directory totals of a
+    batch are the tree's pending counts too (:meth:`Manifest.put_dir_totals`).
+    """
+
+    first: bool
+    one_transaction: bool = False
+    pending_counts: bool = False
+
+
+def _write_batch(manifest: Manifest, crawl_id: int, batch: RowBatch, mode: LoadMode) -> None:
+    groups, errors, totals = batch
     rows = expand(groups)
     with manifest.atomic():
         manifest.put_crawl_rows(crawl_id, rows)
         manifest.put_crawl_errors(crawl_id, errors)
+        if totals:
+            manifest.put_dir_totals(totals, pending=mode.pending_counts)
 
 
 def _write_dir_sizes(manifest: Manifest, sizes: list[tuple[int, str]] | None) -> None:
@@ -108,19 +136,31 @@ class _ThreadSink:
     wait for it each time (several times the cost of a row written alone).
     """
 
-    def __init__(self, manifest: Manifest, crawl_id: int, drop_index: bool) -> None:
-        self.manifest, self.crawl_id = manifest, crawl_id
+    def __init__(self, manifest: Manifest, crawl_id: int, mode: LoadMode) -> None:
+        self.manifest, self.crawl_id, self.mode = manifest, crawl_id, mode
         self.stack = contextlib.ExitStack()
-        self.stack.enter_context(manifest.bulk_load(drop_parent_index=drop_index))
-        self.stack.enter_context(WalCheckpointer(str(manifest.path)))
+        self.stack.enter_context(manifest.bulk_load(drop_parent_index=mode.first))
+        self.stack.enter_context(_batches_in(manifest, mode))
 
     def write(self, batch: RowBatch) -> None:
-        _write_batch(self.manifest, self.crawl_id, batch)
+        _write_batch(self.manifest, self.crawl_id, batch, self.mode)
 
     def close(self, ok: bool, sizes: list[tuple[int, str]] | None) -> None:
+        if not ok:  # the one transaction, if there is one, is rolled back
+            self.stack.__exit__(_RowsStopped, _RowsStopped(), None)
+            return
         with self.stack:
-            if ok:
-                _write_dir_sizes(self.manifest, sizes)
+            _write_dir_sizes(self.manifest, sizes)
+
+
+class _RowsStopped(Exception):
+    """The rows stopped coming (the crawl or import failed): nothing more is written."""
+
+
+def _batches_in(manifest: Manifest, mode: LoadMode) -> contextlib.AbstractContextManager:
+    """The transaction the batches go into: one for all of them, or the background
+    checkpoints between theirs."""
+    return manifest.atomic() if mode.one_transaction else WalCheckpointer(str(manifest.path))
 
 
 class _ProcessSink:
@@ -137,7 +177,7 @@ class _ProcessSink:
     lazily: a crawl that dropped its privileges after start-up could not load them.
     """
 
-    def __init__(self, manifest: Manifest, crawl_id: int, drop_index: bool) -> None:
+    def __init__(self, manifest: Manifest, crawl_id: int, mode: LoadMode) -> None:
         inbox, to_child = os.pipe()
         from_child, outbox = os.pipe()
         pid = os.fork()
@@ -146,7 +186,7 @@ class _ProcessSink:
             try:
                 os.close(to_child)
                 os.close(from_child)
-                code = _writer_process(str(manifest.path), crawl_id, drop_index, inbox, outbox)
+                code = _writer_process(str(manifest.path), crawl_id, mode, inbox, outbox)
             finally:
                 os._exit(code)
         os.close(inbox)
@@ -237,7 +277,7 @@ def _read_exactly(stream: BinaryIO, size: int) -> bytes:
     return bytes(data)
 
 
-def _writer_process(db: str, crawl_id: int, drop_index: bool, inbox: int, outbox: int) -> int:
+def _writer_process(db: str, crawl_id: int, mode: LoadMode, inbox: int, outbox: int) -> int:
     """The child's side of :class:`_ProcessSink`: batches in, ``ok`` or the error out.
 
     The child makes no reference cycles, so the cyclic GC (which would walk the rows of
@@ -249,16 +289,16 @@ def _writer_process(db: str, crawl_id: int, drop_index: bool, inbox: int, outbox
         try:
             with (
                 Manifest.open(db) as manifest,
-                manifest.bulk_load(drop_parent_index=drop_index),
-                WalCheckpointer(db),
+                manifest.bulk_load(drop_parent_index=mode.first),
+                _batches_in(manifest, mode),
             ):
                 while True:
                     kind, *payload = marshal.loads(_recv(source))
                     if kind == "end":
                         _write_dir_sizes(manifest, payload[0])
                         break
-                    _write_batch(manifest, crawl_id, (payload[0], payload[1]))
-        except EOFError:  # the crawl died; bulk_load has restored the db
+                    _write_batch(manifest, crawl_id, (payload[0], payload[1], payload[2]), mode)
+        except EOFError:  # the crawl died; rolled back if one transaction, db restored
             return 1
         except BaseException as exc:
             reply = f"{type(exc).__name__}: {exc}".encode()
@@ -324,9 +364,19 @@ class RowWriter:
         if self.failure is not None:
             raise self.failure
         if self.groups or self.errors:
-            self.queue.put((self.groups, self.errors))
+            self.queue.put((self.groups, self.errors, []))
             self.groups, self.errors, self.rows = [], [], 0
         self.last_flush = time.monotonic()
+
+    def put(
+        self, groups: list[Group], errors: list[tuple[str, str]], totals: list[tuple[str, int, int]]
+    ) -> None:
+        """Queue a batch made by the caller, who keeps the tallies (an import, which also
+        sums each directory as it leaves it: ``totals`` are (path, files, bytes) of the
+        directories whose rows are written, see :meth:`Manifest.put_dir_totals`)."""
+        if self.failure is not None:
+            raise self.failure
+        self.queue.put((groups, errors, totals))
 
     def close(self, *, ok: bool = True) -> None:
         """Write what is left and the directory sizes (when the crawl saw everything),
@@ -363,10 +413,9 @@ class RowWriter:
 
 
 def open_row_writer(
-    manifest: Manifest, crawl_id: int, summary: CrawlSummary, *, first: bool, fork: bool
+    manifest: Manifest, crawl_id: int, summary: CrawlSummary, mode: LoadMode, *, fork: bool
 ) -> RowWriter:
     """A writer for crawl ``crawl_id``: in a forked process if ``fork``, else a thread.
-    A ``first`` crawl (no earlier entries) builds the parent index once at the end.
     Open it before the crawl starts any thread: a process forks here."""
     sink_type = _ProcessSink if fork else _ThreadSink
-    return RowWriter(sink_type(manifest, crawl_id, drop_index=first), summary)
+    return RowWriter(sink_type(manifest, crawl_id, mode), summary)

@@ -39,10 +39,12 @@ Row = tuple[str, str | None, str, str, int, int | None, str | None, str | None, 
 #: half the size. The last three are the file's identity, which a user cannot set back as
 #: ``touch -r`` sets back an mtime: the uploader checks them before and after each read.
 Item = tuple[str, str, int, int | None, str | None, str | None, int, int, int]
-#: One directory's (or slice's) items: (directory, items).
-Group = tuple[str, list[Item]]
-#: What the writer gets at a time: groups of rows and (path, message) errors.
-RowBatch = tuple[list[Group], list[tuple[str, str]]]
+#: One directory's (or slice's) items: (directory, items); directory None for the root's
+#: own row (an import's), whose parent is NULL.
+Group = tuple[str | None, list[Item]]
+#: What the writer gets at a time: groups of rows, (path, message) errors and (path,
+#: files, bytes) totals of directories (an import's; a crawl's are written at its end).
+RowBatch = tuple[list[Group], list[tuple[str, str]], list[tuple[str, int, int]]]
 
 #: Called with (directory's absolute path, its names) between listing a directory and
 #: stat'ing its entries: tests change the tree at exactly that moment through it.
