@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+from desimirror.pipeline.download import RANGE_SIZE, RANGED_ABOVE
 from desimirror.storage.keys import KeyMap
 from faultproxy import FaultProxy
 from helpers import DESIMIRROR, assert_clean_error, kill_once, run_cli
@@ -145,6 +147,86 @@ def test_killed_download_resumes_without_fetching_completed_files(
     assert report["files_kept"] >= len(completed)
     assert report["files_fetched"] + report["files_kept"] == len(paths)
     assert sum(gets.values()) == report["files_fetched"]
+    _assert_copy_is_release(dest, root, paths)
+    assert not list(dest.rglob(f"*{PART}"))
+
+
+def test_a_download_killed_while_a_large_file_is_in_ranges_resumes_to_the_same_bytes(
+    tmp_path: Path, s3, bucket: str, cli_env: dict
+) -> None:
+    """``kill -9`` while one large file streams in parallel ranges into its part file:
+    nothing partial carries its final name, and the same command run again completes the
+    copy, byte for byte, every file proven, no part file left behind."""
+    root = tmp_path / "edr"
+    big_rel = "spectro/redux/fuji/tiles/coadd-big.fits"
+    big = os.urandom(5 * RANGE_SIZE + 12_345)  # six ranges: more than are in flight at once
+    assert len(big) > RANGED_ABOVE
+    files = {f"spectro/redux/fuji/{k}": v for k, v in random_files(51, 6, dirs=2).items()}
+    files[big_rel] = big
+    make_release(root, files)
+    db = tmp_path / "m.db"
+    target = ["--db", str(db), "--bucket", f"s3://{bucket}", "--endpoint-url", s3.endpoint_url]
+    run_cli("crawl", str(root), "--db", str(db), check=True)
+    run_cli("plan", "--db", str(db), check=True)
+    remaps = [arg for rule in REMAP for arg in ("--remap", rule)]
+    run_cli("upload", *target, *remaps, "--backend", "native", env=cli_env, check=True)
+    run_cli("manifest", "publish", *target, env=cli_env, check=True)
+    dest = tmp_path / "copy"
+    final = dest / KEYMAP.key(big_rel)
+    part = final.with_name(f".{final.name}{PART}")
+    probe = big[: 1 << 20]  # the part file is reserved whole at once: its bytes show progress
+    seen: list[int] = []
+
+    def large_file_in_flight() -> bool:
+        if final.exists() or not part.is_file():
+            return False
+        with open(part, "rb") as stream:
+            if stream.read(len(probe)) != probe:
+                return False
+        seen.append(part.stat().st_size)
+        return True
+
+    # every GET held a moment: range 0 lands, the ranges after the window wait
+    with FaultProxy(s3.endpoint_url, rates={"stall": 1.0}, methods={"GET"}) as proxy:
+        proxy.stall_seconds = 0.5
+        argv = [DESIMIRROR, "download", f"s3://{bucket}/edr", str(dest)]
+        argv += ["--endpoint-url", proxy.endpoint_url, "--json"]
+        log = tmp_path / "killed.stderr"
+        with open(log, "wb") as err:
+            victim = subprocess.Popen(argv, env=cli_env, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                kill_once(
+                    victim,
+                    large_file_in_flight,
+                    30,
+                    "the download ended before it could be killed with the large file in "
+                    "flight: the test proved nothing",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{log.read_text(errors='replace')}") from None
+        assert seen, (
+            "no part file holding the large file's first bytes was seen in 30 s: the kill "
+            f"was not made while it was in flight\n{log.read_text(errors='replace')}"
+        )
+        assert victim.returncode == -signal.SIGKILL
+        assert not final.exists() or final.read_bytes() == big, "a partial file at its final name"
+        assert part.is_file(), "SIGKILL cleans nothing up: the part file must still be there"
+        record = dest / ".desimirror-download" / "done.tsv"
+        done = record.read_text().splitlines() if record.is_file() else []
+        assert not any(line.split("\t")[0] == final.relative_to(dest).as_posix() for line in done)
+        proxy.reset_counts()
+        proxy.rates = {}
+        resumed, report = _download(f"s3://{bucket}/edr", dest, proxy.endpoint_url, cli_env)
+        gets = _data_gets(proxy)
+    assert resumed.returncode == 0, resumed.stderr
+    paths = _release_paths(root)
+    assert gets[KEYMAP.key(big_rel)] >= -(-len(big) // RANGE_SIZE)  # again, from its start
+    assert report["files_failed"] == 0
+    assert not report["failures"]
+    assert report["files"] == len(paths)
+    assert report["files_fetched"] + report["files_kept"] == len(paths)
+    assert report["files_fetched"] >= 1
+    assert report["proofs"] == {"sha256": report["files_fetched"]}
     _assert_copy_is_release(dest, root, paths)
     assert not list(dest.rglob(f"*{PART}"))
 

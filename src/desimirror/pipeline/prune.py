@@ -40,6 +40,8 @@ def prune_gone(
     ``summary`` is the upload summary: ``files_gone``, ``bytes_gone``, ``files_deleted``,
     ``warnings`` are updated.
     """
+    if manifest.gone_count() == 0:  # the kept count: no scan of every upload record
+        return
     gone = manifest.gone_uploads()
     summary.files_gone = len(gone)
     summary.bytes_gone = sum(size for _, _, size, _, _ in gone)
