@@ -115,6 +115,27 @@ def test_download_is_the_release_byte_for_byte_in_the_bucket_layout(
     assert (report["files_fetched"], report["files_kept"]) == (0, len(paths))
 
 
+def test_a_download_through_errors_and_cut_bodies_ends_with_every_file_proven(
+    tmp_path: Path, s3, mirrored, cli_env: dict
+) -> None:
+    """500s, SlowDowns and bodies cut short on the GETs of the files: retried until each
+    file is whole and proven; nothing short or unproven ever takes a final name."""
+    bucket, root = mirrored
+    dest = tmp_path / "copy"
+    rates = {"error500": 0.1, "slowdown": 0.1, "truncate": 0.15}
+    with FaultProxy(s3.endpoint_url, rates=rates, methods={"GET"}) as proxy:
+        proc, report = _download(f"s3://{bucket}/edr", dest, proxy.endpoint_url, cli_env)
+        faults = dict(proxy.faults)
+    assert faults.get("truncate"), f"no body was cut short: {faults}"
+    assert faults.get("error500"), f"no 500 was answered: {faults}"
+    assert proc.returncode == 0, proc.stderr
+    paths = _release_paths(root)
+    assert report["files_fetched"] == len(paths)
+    assert report["proofs"] == {"sha256": len(paths)}
+    _assert_copy_is_release(dest, root, paths)
+    assert not list(dest.rglob(f"*{PART}"))
+
+
 def test_killed_download_resumes_without_fetching_completed_files(
     tmp_path: Path, s3, mirrored, cli_env: dict
 ) -> None:

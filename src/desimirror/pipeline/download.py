@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import email.utils
 import fnmatch
 import io
 import json
@@ -114,6 +115,12 @@ RANGE_SIZE = 16 << 20
 RANGED_ABOVE = RANGE_SIZE
 WINDOW = 4
 RANGE_THREADS = 16
+#: Objects up to this size go through the AWS Common Runtime whole into memory (a third
+#: of botocore's client CPU per request, which is most of a small file's cost), where
+#: ``awscrt`` imports; 64 transfers of them hold at most 512 MiB.
+IN_MEMORY_MAX = 8 << 20
+#: Seconds a whole in-memory GET may take before it is given up (and retried).
+GET_TIMEOUT = 60.0
 #: The most bytes a body is read, written or hashed in at once: copies stay in the CPU's
 #: caches (see :class:`_Ranges`).
 PIECE = 256 << 10
@@ -598,11 +605,14 @@ def _fetch(
     final: Path,
     stop: threading.Event,
     ranges: _Ranges | None = None,
+    crt: Any = None,
 ) -> _Done:
     """Fetch ``w`` into its part file, prove it, then rename it into place."""
     _ensure_dir(final.parent)
     if ranges is not None and w.size > RANGED_ABOVE:
         return _fetch_large(client, bucket, w, final, stop, ranges)
+    if crt is not None and w.size <= IN_MEMORY_MAX:
+        return _fetch_in_memory(client, crt, bucket, w, final, stop)
     part = part_path(final)
     # the object's own checksum is asked for only where nothing else is known of it
     mode = {} if w.sha256 else {"ChecksumMode": "ENABLED"}
@@ -617,6 +627,54 @@ def _fetch(
             tee = _Tee(body, out, stop)
             digests = hash_stream(tee, ref.part_size, md5=ref.needs_md5)  # type: ignore[arg-type]
         return _into_place(part, final, bucket, w, response, ref, digests)
+
+
+def _fetch_in_memory(
+    client: Any, crt: Any, bucket: str, w: Wanted, final: Path, stop: threading.Event
+) -> _Done:
+    """A small object through the runtime, whole into memory, then written to its part
+    file and hashed in one pass (:class:`_Tee`), proven and renamed as any other."""
+    if stop.is_set():
+        raise _Stopped()
+    mode = [] if w.sha256 else [("x-amz-checksum-mode", "ENABLED")]
+    headers, data = crt.get(w.key, mode)
+    response = _response_of(headers)
+    ref = _reference(w, response, lambda: _first_part_size(client, bucket, w.key))
+    if not ref.kind:
+        raise _Refused(f"s3://{bucket}/{w.key} has no checksum or MD5 ETag to prove it by")
+    digests = hash_stream(_Slices(data), ref.part_size, md5=ref.needs_md5)  # type: ignore[arg-type]
+    part = part_path(final)
+    with _removed_on_failure(part):
+        with open(part, "wb", buffering=0) as out:
+            view = memoryview(data)
+            while view:
+                view = view[out.write(view) :]
+        return _into_place(part, final, bucket, w, response, ref, digests)
+
+
+class _Slices:
+    """Bytes in memory read as a stream of views into them: hashed without a copy."""
+
+    def __init__(self, data: bytes) -> None:
+        self._view, self._at = memoryview(data), 0
+
+    def read(self, size: int = -1) -> memoryview:
+        end = len(self._view) if size is None or size < 0 else self._at + size
+        piece = self._view[self._at : end]
+        self._at += len(piece)
+        return piece
+
+
+def _response_of(headers: dict[str, str]) -> dict[str, Any]:
+    """The fields of a GET's response headers that botocore would have parsed for us."""
+    response: dict[str, Any] = {"ETag": headers.get("etag", "")}
+    if "content-length" in headers:
+        response["ContentLength"] = int(headers["content-length"])
+    if "x-amz-checksum-sha256" in headers:
+        response["ChecksumSHA256"] = headers["x-amz-checksum-sha256"]
+    with contextlib.suppress(TypeError, ValueError):
+        response["LastModified"] = email.utils.parsedate_to_datetime(headers.get("last-modified"))
+    return response
 
 
 def _fetch_large(
@@ -866,6 +924,15 @@ def download(options: DownloadOptions, progress: Progress | None = None) -> Down
             lock.release()
 
 
+def _runtime_client(options: DownloadOptions) -> Any:
+    """The AWS Common Runtime's client for small objects, or None where it is not there."""
+    try:
+        from desimirror.storage.transfer.crt import crt_client
+    except ImportError:  # pragma: no cover (awscrt is a dependency)
+        return None
+    return crt_client(options.target, options.workers + 4, GET_TIMEOUT)
+
+
 def _make_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -914,7 +981,8 @@ def _run(
             _create_dirs(options.dest, plan, report)
             progress.start("download", report.files_to_fetch, report.bytes_to_fetch)
             progress.phase("fetching")
-            _fetch_all(client, t.bucket, options, todo, record, report, progress)
+            crt = _runtime_client(options) if todo else None
+            _fetch_all(client, crt, t.bucket, options, todo, record, report, progress)
             _make_links(options.dest, plan.links, report)
     finally:
         record.close()
@@ -1015,6 +1083,7 @@ def _make_links(dest: Path, links: list[Link], report: DownloadReport) -> None:
 
 def _fetch_all(
     client: Any,
+    crt: Any,
     bucket: str,
     options: DownloadOptions,
     todo: list[Wanted],
@@ -1031,26 +1100,27 @@ def _fetch_all(
         if stop.is_set():
             raise _Stopped()
         final = local_path(options.dest, w.key)
-        return _retrying(lambda: _fetch(client, bucket, w, final, stop, ranges))
+        return _retrying(lambda: _fetch(client, bucket, w, final, stop, ranges, crt))
 
     ranges = _Ranges()
+    finished: deque[Future] = deque()  # appended by each transfer's thread as it ends
     with ThreadPoolExecutor(options.workers, thread_name_prefix="desimirror-get") as pool:
         try:
-            _top_up(pool, one, pending, in_flight, 2 * options.workers)
+            _top_up(pool, one, pending, in_flight, 2 * options.workers, finished.append)
             delay = POLL_MIN
             while in_flight:
                 # polled, not waited for: a signal (Ctrl-C, SIGTERM) raised inside a
-                # Condition.wait can break its lock and turn into a RuntimeError
-                finished = [f for f in in_flight if f.done()]
+                # Condition.wait can break its lock and turn into a RuntimeError; what
+                # ended is in ``finished``, so a poll does not look at every transfer
                 if not finished:
                     time.sleep(delay)
                     delay = min(2 * delay, POLL_MAX)
                     continue
                 delay = POLL_MIN
-                for future in finished:
-                    w = in_flight.pop(future)
-                    _settle(future, w, record, report, progress)
-                _top_up(pool, one, pending, in_flight, 2 * options.workers)
+                while finished:
+                    future = finished.popleft()
+                    _settle(future, in_flight.pop(future), record, report, progress)
+                _top_up(pool, one, pending, in_flight, 2 * options.workers, finished.append)
         finally:
             stop.set()  # an interruption: transfers in flight give up and remove their part
             ranges.close()
@@ -1062,12 +1132,15 @@ def _top_up(
     pending: Iterator[Wanted],
     in_flight: dict[Future, Wanted],
     limit: int,
+    on_done: Callable[[Future], None],
 ) -> None:
     while len(in_flight) < limit:
         w = next(pending, None)
         if w is None:
             return
-        in_flight[pool.submit(one, w)] = w
+        future = pool.submit(one, w)
+        in_flight[future] = w
+        future.add_done_callback(on_done)
 
 
 def _settle(

@@ -226,6 +226,12 @@ class CrtBackend(NativeBackend):
             self._sender = None  # the runtime's client shuts down when released
 
 
+def crt_client(target: S3Target, connections: int, timeout: float) -> _CrtSender:
+    """A runtime client for ``target`` (credentials from the standard chain, or none with
+    ``no_sign_request``), ``connections`` at most at once."""
+    return _CrtSender(target, connections, timeout)
+
+
 def sha256_header(sha256_hex: str) -> tuple[str, str]:
     """The ``x-amz-checksum-sha256`` header of a body whose SHA-256 is ``sha256_hex``."""
     return "x-amz-checksum-sha256", base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
@@ -278,7 +284,8 @@ class _Budget:
 
 class _CrtSender:
     """PUTs of in-memory bodies through one ``awscrt`` S3 client, signed with SigV4 and the
-    body's known SHA-256; failures raised as botocore errors, classified as boto3's are."""
+    body's known SHA-256, and whole GETs of small objects (the download's); failures raised
+    as botocore errors, classified as boto3's are."""
 
     def __init__(self, target: S3Target, connections: int, timeout: float) -> None:
         from awscrt import auth, s3
@@ -376,13 +383,52 @@ class _CrtSender:
             on_headers=on_headers,
             on_done=on_done,
         )
+        return self._finish(operation, pending, reply, size or len(body or b""))
+
+    def get(self, key: str, headers: list[tuple[str, str]]) -> tuple[dict[str, str], bytes]:
+        """GET the object at ``key`` whole into memory: (its response headers, lowercased;
+        its bytes). For small objects: the runtime costs about a third of the client CPU
+        per request that botocore does (0.45 against 1.3 to 2.0 ms measured here), which
+        is most of a small file's cost. Raises a botocore ``ClientError`` for an error."""
+        from awscrt import http
+
+        path = self._base + urllib.parse.quote(key, safe="/~")
+        request = http.HttpRequest("GET", path, http.HttpHeaders([("Host", self.host), *headers]))
+        reply: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        def on_headers(*, headers: list, **_: Any) -> None:
+            reply["headers"] = {name.lower(): value for name, value in headers}
+
+        def on_body(*, chunk: bytes, **_: Any) -> None:
+            chunks.append(chunk)
+
+        def on_done(
+            error: Any = None, error_body: bytes | None = None, status_code: Any = None, **_: Any
+        ) -> None:
+            reply.update(error=error, body=error_body, status=status_code)
+
+        pending = self.client.make_request(
+            type=self._s3.S3RequestType.DEFAULT,
+            operation_name="GetObject",
+            request=request,
+            signing_config=self._signing(self._auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD),
+            on_headers=on_headers,
+            on_body=on_body,
+            on_done=on_done,
+        )
+        found = self._finish("GetObject", pending, reply, 0)
+        return found, b"".join(chunks)
+
+    def _finish(self, operation: str, pending: Any, reply: dict[str, Any], size: int) -> dict:
+        """Wait (bounded) for a request; its response headers, or its error raised."""
         try:
-            pending.finished_future.result(self.timeout + (size or len(body or b"")) / 1e6)
+            pending.finished_future.result(self.timeout + size / 1e6)
         except Exception:  # a timeout (an error reply is in ``reply``)
             pending.cancel()
             with contextlib.suppress(Exception):
                 pending.finished_future.result(self.timeout)
-        if reply.get("status") == 200 and reply.get("error") is None:
+        if reply.get("status") in (200, 206) and reply.get("error") is None:
             return reply.get("headers", {})
         raise _error(operation, reply)
 
