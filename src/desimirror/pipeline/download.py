@@ -637,7 +637,7 @@ def _fetch_in_memory(
     if stop.is_set():
         raise _Stopped()
     mode = [] if w.sha256 else [("x-amz-checksum-mode", "ENABLED")]
-    headers, data = crt.get(w.key, mode)
+    headers, data = crt.get(w.key, mode, w.size)
     response = _response_of(headers)
     ref = _reference(w, response, lambda: _first_part_size(client, bucket, w.key))
     if not ref.kind:
@@ -655,7 +655,7 @@ def _fetch_in_memory(
 class _Slices:
     """Bytes in memory read as a stream of views into them: hashed without a copy."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self._view, self._at = memoryview(data), 0
 
     def read(self, size: int = -1) -> memoryview:
