@@ -632,8 +632,8 @@ def _fetch(
 def _fetch_in_memory(
     client: Any, crt: Any, bucket: str, w: Wanted, final: Path, stop: threading.Event
 ) -> _Done:
-    """A small object through the runtime, whole into memory, then written to its part
-    file and hashed in one pass (:class:`_Tee`), proven and renamed as any other."""
+    """A small object through the runtime, whole into one buffer, hashed from it (no
+    copy), written to its part file in one call, then proven and renamed as any other."""
     if stop.is_set():
         raise _Stopped()
     mode = [] if w.sha256 else [("x-amz-checksum-mode", "ENABLED")]
