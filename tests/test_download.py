@@ -40,6 +40,16 @@ def _release_files() -> dict[str, bytes]:
     return files
 
 
+def _mirror(root: Path, db: Path, bucket: str, s3, env: dict, *plan: str) -> None:
+    """Crawl, plan, upload (with the bucket's remaps) and publish ``root``'s manifest."""
+    target = ["--db", str(db), "--bucket", f"s3://{bucket}", "--endpoint-url", s3.endpoint_url]
+    run_cli("crawl", str(root), "--db", str(db), check=True)
+    run_cli("plan", "--db", str(db), *plan, check=True)
+    remaps = [arg for rule in REMAP for arg in ("--remap", rule)]
+    run_cli("upload", *target, *remaps, "--backend", "native", env=env, check=True)
+    run_cli("manifest", "publish", *target, env=env, check=True)
+
+
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory: pytest.TempPathFactory, s3) -> tuple[str, Path]:
     """(bucket, release root): a release mirrored with the bucket's remaps and its
@@ -51,13 +61,7 @@ def mirrored(tmp_path_factory: pytest.TempPathFactory, s3) -> tuple[str, Path]:
     (root / "spectro/redux/fuji/empty").mkdir()
     db = work / "m.db"
     s3.client().create_bucket(Bucket=bucket)
-    env = {**os.environ, **s3.env}
-    target = ["--db", str(db), "--bucket", f"s3://{bucket}", "--endpoint-url", s3.endpoint_url]
-    run_cli("crawl", str(root), "--db", str(db), check=True)
-    run_cli("plan", "--db", str(db), "--max-batch-size", "1MB", check=True)
-    remaps = [arg for rule in REMAP for arg in ("--remap", rule)]
-    run_cli("upload", *target, *remaps, "--backend", "native", env=env, check=True)
-    run_cli("manifest", "publish", *target, env=env, check=True)
+    _mirror(root, db, bucket, s3, {**os.environ, **s3.env}, "--max-batch-size", "1MB")
     return bucket, root
 
 
@@ -186,12 +190,7 @@ def test_a_download_killed_while_a_large_file_is_in_ranges_resumes_to_the_same_b
     files[big_rel] = big
     make_release(root, files)
     db = tmp_path / "m.db"
-    target = ["--db", str(db), "--bucket", f"s3://{bucket}", "--endpoint-url", s3.endpoint_url]
-    run_cli("crawl", str(root), "--db", str(db), check=True)
-    run_cli("plan", "--db", str(db), check=True)
-    remaps = [arg for rule in REMAP for arg in ("--remap", rule)]
-    run_cli("upload", *target, *remaps, "--backend", "native", env=cli_env, check=True)
-    run_cli("manifest", "publish", *target, env=cli_env, check=True)
+    _mirror(root, db, bucket, s3, cli_env)
     dest = tmp_path / "copy"
     final = dest / KEYMAP.key(big_rel)
     part = final.with_name(f".{final.name}{PART}")
@@ -388,13 +387,7 @@ def test_the_releases_symlinks_are_recreated_where_what_they_point_at_is_downloa
     for path, target in {**links, "d0/gone": "nothing", "d0/etc": "/etc"}.items():
         (root / path).symlink_to(target)
     db = tmp_path / "m.db"
-    target = ["--db", str(db), "--bucket", f"s3://{bucket}", "--endpoint-url", s3.endpoint_url]
-    env = {**os.environ, **s3.env}
-    run_cli("crawl", str(root), "--db", str(db), check=True)
-    run_cli("plan", "--db", str(db), check=True)
-    remaps = [arg for rule in REMAP for arg in ("--remap", rule)]
-    run_cli("upload", *target, *remaps, "--backend", "native", env=env, check=True)
-    run_cli("manifest", "publish", *target, env=env, check=True)
+    _mirror(root, db, bucket, s3, {**os.environ, **s3.env})
     dest = tmp_path / "copy"
     proc, report = _download(f"s3://{bucket}/edr", dest, s3.endpoint_url, cli_env)
     assert proc.returncode == 0, proc.stderr

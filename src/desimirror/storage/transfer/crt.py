@@ -50,7 +50,7 @@ import os
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from desimirror.integrity.checksums import corrupt_text, hash_stream, hex_of_b64
@@ -362,15 +362,7 @@ class _CrtSender:
         stream = None if body is None else _ViewStream(memoryview(body))
         request = http.HttpRequest("PUT", path, headers, stream)
         reply: dict[str, Any] = {}
-
-        def on_headers(*, headers: list, **_: Any) -> None:
-            reply["headers"] = {name.lower(): value for name, value in headers}
-
-        def on_done(
-            error: Any = None, error_body: bytes | None = None, status_code: Any = None, **_: Any
-        ) -> None:
-            reply.update(error=error, body=error_body, status=status_code)
-
+        on_headers, on_done = _reply_into(reply)
         operation = "UploadPart" if query else "PutObject"
         pending = self.client.make_request(
             type=self._s3.S3RequestType.DEFAULT,
@@ -400,22 +392,15 @@ class _CrtSender:
         path = self._base + urllib.parse.quote(key, safe="/~")
         request = http.HttpRequest("GET", path, http.HttpHeaders([("Host", self.host), *headers]))
         reply: dict[str, Any] = {}
+        on_headers, on_done = _reply_into(reply)
         buffer = bytearray(size)
         got = [0]
-
-        def on_headers(*, headers: list, **_: Any) -> None:
-            reply["headers"] = {name.lower(): value for name, value in headers}
 
         def on_body(*, chunk: bytes, offset: int, **_: Any) -> None:
             end = min(offset + len(chunk), size)
             if end > offset:
                 buffer[offset:end] = chunk[: end - offset]
             got[0] = max(got[0], offset + len(chunk))
-
-        def on_done(
-            error: Any = None, error_body: bytes | None = None, status_code: Any = None, **_: Any
-        ) -> None:
-            reply.update(error=error, body=error_body, status=status_code)
 
         pending = self.client.make_request(
             type=self._s3.S3RequestType.DEFAULT,
@@ -440,6 +425,21 @@ class _CrtSender:
         if reply.get("status") in (200, 206) and reply.get("error") is None:
             return reply.get("headers", {})
         raise _error(operation, reply)
+
+
+def _reply_into(reply: dict[str, Any]) -> tuple[Callable[..., None], Callable[..., None]]:
+    """The runtime's ``on_headers`` and ``on_done`` callbacks of one request, which put
+    its response headers (lowercased), status, error and error body into ``reply``."""
+
+    def on_headers(*, headers: list, **_: Any) -> None:
+        reply["headers"] = {name.lower(): value for name, value in headers}
+
+    def on_done(
+        error: Any = None, error_body: bytes | None = None, status_code: Any = None, **_: Any
+    ) -> None:
+        reply.update(error=error, body=error_body, status=status_code)
+
+    return on_headers, on_done
 
 
 def _error(operation: str, reply: dict[str, Any]) -> Exception:
