@@ -86,7 +86,11 @@ test: lint $(ECHARTS)
 	$(VENV)/bin/python -m pytest -q --durations=15
 
 # Benchmarks, not tests: each prints ratios against peers measured in the same run.
+# The package is byte-compiled first, as an installed wheel is: with PYTHONDONTWRITEBYTECODE
+# set (this machine sets it), every command would otherwise compile its ~60 modules again
+# at each start (60 ms of a run measured against a Go binary's few).
 bench: $(VENV)/.installed $(ECHARTS)
+	$(VENV)/bin/python -m compileall -q $(here)/src/desimirror
 	$(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/view_bench.py
 	$(VENV)/bin/python bench/download_bench.py

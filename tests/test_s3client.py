@@ -90,6 +90,21 @@ def test_check_bucket_unreachable_endpoint(monkeypatch):
 
 
 @pytest.mark.s3
+def test_each_client_reads_the_credentials_the_environment_has_now(
+    aws_env, s3, bucket, monkeypatch
+):
+    """Clients share the loaded service model, not a session: credentials changed between
+    two clients of one process (a refreshed key, another profile) are the ones used."""
+    target = S3Target(bucket, endpoint_url=s3.endpoint_url)
+    check_bucket(make_client(target, max_attempts=1), bucket)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Wr0ngSecretValue+" + "y" * 23)
+    with pytest.raises(RemoteError, match="denied"):
+        check_bucket(make_client(target, max_attempts=1), bucket)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_env["AWS_SECRET_ACCESS_KEY"])
+    check_bucket(make_client(target, max_attempts=1), bucket)
+
+
+@pytest.mark.s3
 def test_check_bucket_wrong_secret_is_denied_without_echoing_it(aws_env, s3, bucket, monkeypatch):
     wrong = "Wr0ngSecretValue+" + "x" * 23
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)

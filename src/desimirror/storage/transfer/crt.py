@@ -55,7 +55,7 @@ from typing import Any
 
 from desimirror.integrity.checksums import corrupt_text, hash_stream, hex_of_b64
 from desimirror.integrity.sourcetree import open_item, recheck_fd
-from desimirror.storage.s3client import DEFAULT_REGION, endpoint_url, strip_etag
+from desimirror.storage.s3client import DEFAULT_REGION, aws_session, endpoint_url, strip_etag
 from desimirror.storage.transfer.base import (
     DEFAULT_PART_SIZE,
     S3Target,
@@ -467,20 +467,17 @@ def _error(operation: str, reply: dict[str, Any]) -> Exception:
 
 
 def _session_region() -> str | None:
-    import boto3
-
-    return boto3.session.Session().region_name
+    return aws_session().region_name
 
 
 def _credentials_provider(auth: Any) -> Any:
     """The standard AWS chain as boto3 resolves it (environment, profile, role), handed
     to the runtime per signature, so that both engines use the same credentials and
     refreshed role credentials reach the runtime too."""
-    import boto3
     from botocore.credentials import RefreshableCredentials
     from botocore.exceptions import NoCredentialsError
 
-    credentials = boto3.session.Session().get_credentials()
+    credentials = aws_session().get_credentials()
     if credentials is None:
         raise NoCredentialsError()
     if not isinstance(credentials, RefreshableCredentials):  # keys: no Python per signature

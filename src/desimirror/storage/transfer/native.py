@@ -30,7 +30,8 @@ and every file is read once:
   (``proof="etag"``: the MD5 of the bytes, or ``md5(part md5s)-N``); an ETag that is an
   MD5 of other bytes fails the file. :meth:`NativeBackend.validation_note` tells the
   uploader how many files the store did not check, so the run says so. For parts, the
-  store is asked once, before the first large file (:meth:`NativeBackend._probe_parts`: a
+  store is asked once, at the first large file, while its first parts are read (they are
+  sent once it has answered; :meth:`NativeBackend._probe_parts`: a
   tiny part with a wrong checksum must be refused and one with the right checksum
   accepted and echoed, in an upload that is then aborted), so that no large file computes
   MD5s against a store known to check its parts.
@@ -144,7 +145,7 @@ class NativeBackend:
         self._parts: ThreadPoolExecutor | None = None
         self._part_buffers: _Buffers | None = None
         self._probe_lock = threading.Lock()
-        self._probed = False
+        self._probe: Future | None = None  # the part-checksum probe, once started
         #: Whether the store returns the checksums it was sent, per kind of upload ("single",
         #: "multipart"): None until seen. While not known to, MD5s are computed on the read,
         #: so that the ETag can prove the content instead.
@@ -357,7 +358,7 @@ class NativeBackend:
 
     def _put_large(self, item: TransferItem, client: Any) -> TransferResult:
         bucket, key, field = self.target.bucket, item.key, f"Checksum{self.part_checksum}"
-        self._probe_parts(client, item)
+        probe = self._probe_parts(client, item)
         with open_source(item) as stream:
             check_size(os.fstat(stream.fileno()).st_size, item)
             created = client.create_multipart_upload(
@@ -365,7 +366,7 @@ class NativeBackend:
             )
             upload_id = created["UploadId"]
             try:
-                parts, whole, md5s = self._send_parts(stream, item, client, upload_id)
+                parts, whole, md5s = self._send_parts(stream, item, client, upload_id, probe)
                 # a file rewritten in place while its parts were read (its mtime set back
                 # or not) would make a torn object: never completed
                 recheck_fd(stream.fileno(), item.signature)
@@ -408,7 +409,7 @@ class NativeBackend:
         )
 
     def _send_parts(
-        self, stream: Any, item: TransferItem, client: Any, upload_id: str
+        self, stream: Any, item: TransferItem, client: Any, upload_id: str, probe: Future
     ) -> tuple[list[dict[str, Any]], str, list[bytes]]:
         """Read the file once, each part into a free buffer by a thread of the parts' pool
         (see :class:`_PartReads`), and send the parts concurrently; (parts, whole SHA-256,
@@ -417,11 +418,7 @@ class NativeBackend:
         assert parts_pool is not None
         assert buffers is not None
         reads = _PartReads(
-            stream.fileno(),
-            item.size,
-            self.multipart_chunksize,
-            md5=self._wants_md5("multipart"),
-            timeout=self.part_read_timeout,
+            stream.fileno(), item.size, self.multipart_chunksize, timeout=self.part_read_timeout
         )
         futures: list[tuple[Future, bytearray]] = []
         try:
@@ -433,7 +430,7 @@ class NativeBackend:
                 buffer = buffers.take()
                 try:
                     future = parts_pool.submit(
-                        self._send_part, client, item, upload_id, reads, number, buffer
+                        self._send_part, client, item, upload_id, reads, number, buffer, probe
                     )
                 except BaseException:  # the pool was shut down: the backend closes
                     buffers.give(buffer)
@@ -461,9 +458,12 @@ class NativeBackend:
         reads: _PartReads,
         number: int,
         buffer: bytearray,
+        probe: Future,
     ) -> dict[str, Any]:
         """Read, checksum and send one part (retrying transient failures); gives its
-        buffer back at the end."""
+        buffer back at the end. A part is read while the probe may still be asking the
+        store whether it checks part checksums, and sent once it has answered: its MD5,
+        for the ETag's proof, is computed from the buffer only if the store does not."""
         assert self._part_buffers is not None
         field = f"Checksum{self.part_checksum}"
 
@@ -476,6 +476,10 @@ class NativeBackend:
             try:
                 data = reads.read(number, buffer)
                 digest = self._part_digest(data)
+                with contextlib.suppress(TimeoutError):  # unanswered: prove by the ETag
+                    probe.result(self.part_read_timeout)
+                if self._wants_md5("multipart"):
+                    reads.keep_md5(number, data)
                 b64 = base64.b64encode(digest).decode("ascii")
                 response = retry_call(
                     send,
@@ -501,22 +505,36 @@ class NativeBackend:
             return crc32c(data)
         return hashlib.sha256(data).digest()
 
-    def _probe_parts(self, client: Any, item: TransferItem) -> None:
-        """Once per backend, before its first multipart upload: whether the store checks
-        part checksums (then no large file computes MD5s for an ETag fallback). Asked
-        with a few bytes at the item's own key (what the run may write), in an upload that
-        is aborted, so nothing is stored."""
+    def _probe_parts(self, client: Any, item: TransferItem) -> Future:
+        """Once per backend, at its first multipart upload: whether the store checks part
+        checksums (then no large file computes MD5s for an ETag fallback). Asked with a
+        few bytes at the item's own key (what the run may write), in an upload that is
+        aborted, so nothing is stored. The answer (a future) comes from a thread of its
+        own, while the first parts are read: four requests in a row, which on a new bucket
+        of SeaweedFS took 0.23 s here, no longer delay the first part's read."""
         with self._probe_lock:
-            if self._probed or self._store_checks["multipart"] is not None:
-                return
-            self._probed = True
-            try:
-                checks = self._store_checks_parts(client, item)
-            except Exception:  # a failing store fails the real upload, with its own error
-                checks = False
-            if checks:
-                with self._lock:
-                    self._store_checks["multipart"] = True
+            if self._probe is None:
+                self._probe = Future()
+                if self._store_checks["multipart"] is not None:
+                    self._probe.set_result(None)
+                else:
+                    threading.Thread(
+                        target=self._ask_store,
+                        args=(client, item, self._probe),
+                        name="desimirror-probe",
+                        daemon=True,  # bounded by the client's timeouts; never joined
+                    ).start()
+            return self._probe
+
+    def _ask_store(self, client: Any, item: TransferItem, answer: Future) -> None:
+        try:
+            checks = self._store_checks_parts(client, item)
+        except Exception:  # a failing store fails the real upload, with its own error
+            checks = False
+        if checks:
+            with self._lock:
+                self._store_checks["multipart"] = True
+        answer.set_result(checks)
 
     def _store_checks_parts(self, client: Any, item: TransferItem) -> bool:
         """A part with a wrong checksum refused, the same part with its right one taken and
@@ -599,12 +617,12 @@ class _PartReads:
     of a file at once), each byte once; the whole file's SHA-256 is updated with each part
     in order, from the buffer it was read into, by the thread that read it."""
 
-    def __init__(self, fd: int, size: int, part_size: int, *, md5: bool, timeout: float) -> None:
+    def __init__(self, fd: int, size: int, part_size: int, *, timeout: float) -> None:
         self.fd, self.size, self.part_size, self.timeout = fd, size, part_size, timeout
         self.count = max(1, -(-size // part_size))
         self.whole = hashlib.sha256()
         self.failed = threading.Event()
-        self._md5s: dict[int, bytes] | None = {} if md5 else None
+        self._md5s: dict[int, bytes] = {}
         self._turn = 1  # the part whose bytes the whole-file hash takes next
         self._changed = threading.Condition()
 
@@ -622,8 +640,6 @@ class _PartReads:
             got += n
         if got != size:
             raise ChangedFile(f"part {number} has {got} bytes, expected {size}: file changed")
-        if self._md5s is not None:
-            self._md5s[number] = hashlib.md5(view).digest()
         self._hash_in_turn(number, view)
         return view
 
@@ -648,8 +664,16 @@ class _PartReads:
         with self._changed:
             self._changed.notify_all()
 
+    def keep_md5(self, number: int, view: memoryview) -> None:
+        """The MD5 of part ``number``, for the multipart ETag (one dict item per thread)."""
+        self._md5s[number] = hashlib.md5(view).digest()
+
     def md5_list(self) -> list[bytes]:
-        return [self._md5s[n] for n in sorted(self._md5s)] if self._md5s else []
+        """Every part's MD5 in order, or [] unless each part kept one (the store was seen
+        checking part checksums for some of them): then the ETag needs a second read."""
+        if len(self._md5s) != self.count:
+            return []
+        return [self._md5s[n] for n in range(1, self.count + 1)]
 
 
 class _Buffers:
