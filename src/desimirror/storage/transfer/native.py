@@ -30,11 +30,11 @@ and every file is read once:
   (``proof="etag"``: the MD5 of the bytes, or ``md5(part md5s)-N``); an ETag that is an
   MD5 of other bytes fails the file. :meth:`NativeBackend.validation_note` tells the
   uploader how many files the store did not check, so the run says so. For parts, the
-  store is asked once, at the first large file, while its first parts are read (they are
-  sent once it has answered; :meth:`NativeBackend._probe_parts`: a
+  store is asked once, at the first large file (:meth:`NativeBackend._probe_parts`: a
   tiny part with a wrong checksum must be refused and one with the right checksum
   accepted and echoed, in an upload that is then aborted), so that no large file computes
-  MD5s against a store known to check its parts.
+  MD5s against a store known to check its parts. The first parts are read while it asks
+  and sent once it has answered.
 
 Concurrency adapts: each file transfer holds a slot of :attr:`NativeBackend.concurrency`,
 and every throttling answer botocore sees (also those it retries itself) lowers the limit.
@@ -527,14 +527,16 @@ class NativeBackend:
             return self._probe
 
     def _ask_store(self, client: Any, item: TransferItem, answer: Future) -> None:
+        checks = False
         try:
             checks = self._store_checks_parts(client, item)
         except Exception:  # a failing store fails the real upload, with its own error
-            checks = False
-        if checks:
-            with self._lock:
-                self._store_checks["multipart"] = True
-        answer.set_result(checks)
+            pass
+        finally:  # answered whatever happens: parts waiting for it never wait in vain
+            if checks:
+                with self._lock:
+                    self._store_checks["multipart"] = True
+            answer.set_result(checks)
 
     def _store_checks_parts(self, client: Any, item: TransferItem) -> bool:
         """A part with a wrong checksum refused, the same part with its right one taken and
